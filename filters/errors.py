@@ -1,0 +1,98 @@
+"""The one exception tree of schoolgate.
+
+Every error the product raises on purpose derives from :class:`SchoolgateError`, so the CLI
+and the appliance can catch one type, print its message and pick an exit code. Errors are
+split by origin: bad input that came from outside (a list, a config file, a bundle, a
+packet) versus a failure of the environment (a download, a file we could not write).
+Foreign exceptions (yaml, numpy, cryptography, dnslib, scapy) are translated once, at the
+boundary where they occur, with ``raise ... from``::
+
+    SchoolgateError                  root; .where names file:line:col when known
+    ├── InputError                   bad input from outside: exit status 2 in the CLI
+    │   ├── ListFormatError          a list source unusable as a whole (missing, unknown format)
+    │   ├── ConfigError              a config or SOURCES.yaml file that cannot be used
+    │   ├── BundleError              a bundle that is malformed, incomplete or inconsistent
+    │   │   └── SignatureError       a bundle or metadata whose signature or hash does not verify
+    │   └── BadNameError             a name or address that cannot be normalised
+    └── EnvironmentFault             our surroundings failed: I/O, downloads, resources
+
+The filters package sits at the bottom of the layers, so the tree lives here and the other
+packages import it from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "Where",
+    "SchoolgateError",
+    "InputError",
+    "ListFormatError",
+    "ConfigError",
+    "BundleError",
+    "SignatureError",
+    "BadNameError",
+    "EnvironmentFault",
+]
+
+
+@dataclass(frozen=True)
+class Where:
+    """A position in an input file; line and col are 1-based, 0 when unknown."""
+
+    file: str
+    line: int = 0
+    col: int = 0
+
+    def __str__(self) -> str:
+        out = self.file
+        if self.line:
+            out += f":{self.line}"
+            if self.col:
+                out += f":{self.col}"
+        return out
+
+
+class SchoolgateError(Exception):
+    """Root of every error schoolgate raises on purpose."""
+
+    def __init__(self, message: str, where: Where | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.where = where
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+class InputError(SchoolgateError):
+    """Bad input from outside the program; the CLI exits with status 2."""
+
+
+class ListFormatError(InputError):
+    """A list source that cannot be read at all (missing file, unknown format)."""
+
+
+class ConfigError(InputError):
+    """A configuration or SOURCES.yaml file that cannot be used."""
+
+
+class BundleError(InputError):
+    """A bundle that is malformed, incomplete or inconsistent."""
+
+
+class SignatureError(BundleError):
+    """A signature, hash or metadata check failed."""
+
+
+class BadNameError(InputError, ValueError):
+    """A domain name or address that cannot be normalised; .reason says why."""
+
+    def __init__(self, reason: str, where: Where | None = None) -> None:
+        super().__init__(reason, where)
+        self.reason = reason
+
+
+class EnvironmentFault(SchoolgateError):
+    """The environment failed us: a file could not be written, a download broke."""
