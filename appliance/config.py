@@ -56,7 +56,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         raise ConfigErrors([doc.error("config must be a mapping")])
     for k in d:
         if k not in _TOP_KEYS:
-            errors.append(doc.error(f"unknown key {k!r} (known: {', '.join(sorted(_TOP_KEYS))})", k))
+            errors.append(doc.key_error(f"unknown key {k!r} (known: {', '.join(sorted(_TOP_KEYS))})", k))
     base = Path(path).resolve().parent
     state_dir = _path(doc, d, "state_dir", base, errors) or Path(DEFAULT_STATE_DIR)
     bundle = _path(doc, d, "bundle", base, errors)

@@ -9,6 +9,11 @@ Table layout (built and validated by filters.cidr_table):
   are either nested or disjoint), so this order is a pre-order of the containment forest: a
   CIDR comes before every CIDR inside it.
 - ``parent[i]`` is the nearest CIDR that strictly contains entry ``i`` (always ``< i``), or -1.
+- ``index4`` (uint32, ``2**k + 1`` long) cuts the v4 search: ``index4[t]`` is the first v4
+  entry whose network address has top ``k`` bits ``>= t``. With about one entry per bucket
+  it turns a 17-step binary search over 100k entries into one or two steps: measured 76 ->
+  11 ns per lookup (x86, 1M random addresses). v6 has no index: addresses cluster in
+  2000::/3, so top bits barely cut the search, and v6 lists are small.
 
 Lookup of address ``a``: binary search for ``e``, the last entry whose network address is
 ``<= a``. If any CIDR contains ``a``, the most specific one, ``d``, is ``e`` or an ancestor of
@@ -20,7 +25,7 @@ exactly the set of matching CIDRs, most specific first. Cost: one binary search 
 nesting depth (1-3 in real lists, at most 33 / 129).
 
 This replaces a table of elementary intervals with per-interval rule lists: same lookup
-cost, no interval arrays at all (13 bytes per v4 entry instead of ~30).
+cost, no interval arrays at all (13 bytes per v4 entry plus the index, instead of ~30).
 
 Verdict (DESIGN.md §3): blocked iff some matching CIDR's categories meet the policy and no
 matching allow CIDR is at least as specific as the most specific such CIDR. ``rule`` is the
@@ -76,10 +81,15 @@ def _decide(e, cls, parent, cls_mask, cls_allow, policy):
 
 
 @njit(cache=True)
-def _deepest_v4(net4, prefix, parent, a):
+def _deepest_v4(net4, index4, prefix, parent, a):
     """Index of the most specific v4 CIDR containing ``a`` (uint64), or -1."""
-    lo = 0
-    hi = len(net4)
+    # index4 has m + 1 entries, m = 2**k: bucket t, the top k bits of an address, holds the
+    # entries index4[t]:index4[t + 1]; every earlier entry starts before the bucket, so if
+    # none in the bucket starts at or before a, the answer is index4[t] - 1. The bucket is
+    # (a * m) >> 32: the same as a >> (32 - k) without needing k.
+    t = np.int64((a * _U(len(index4) - 1)) >> _SHIFT32)
+    lo = np.int64(index4[t])
+    hi = np.int64(index4[t + 1])
     while lo < hi:
         mid = (lo + hi) >> 1
         if _U(net4[mid]) <= a:
@@ -127,18 +137,18 @@ def _deepest_v6(net6_hi, net6_lo, prefix, parent, ah, al):
 
 
 @njit(cache=True)
-def lookup_v4(net4, prefix, cls, parent, cls_mask, cls_allow, addr, policy):
+def lookup_v4(net4, index4, prefix, cls, parent, cls_mask, cls_allow, addr, policy):
     """Match one IPv4 address (an integer < 2**32) under ``policy`` (uint64 category mask).
 
     Returns ``(blocked, categories, rule)``: ``rule`` is the deciding entry index or -1.
     """
-    d = _deepest_v4(net4, prefix, parent, _U(addr))
+    d = _deepest_v4(net4, index4, prefix, parent, _U(addr))
     return _decide(d, cls, parent, cls_mask, cls_allow, _U(policy))
 
 
 @njit(cache=True)
-def lookup_v6(net4, net6_hi, net6_lo, prefix, cls, parent, cls_mask, cls_allow, addr_hi,
-              addr_lo, policy):
+def lookup_v6(net4, index4, net6_hi, net6_lo, prefix, cls, parent, cls_mask, cls_allow,
+              addr_hi, addr_lo, policy):
     """Match one IPv6 address given as its high and low 64-bit words (uint64).
 
     IPv4-mapped addresses are matched against the v4 entries; returns as :func:`lookup_v4`.
@@ -146,32 +156,33 @@ def lookup_v6(net4, net6_hi, net6_lo, prefix, cls, parent, cls_mask, cls_allow, 
     ah = _U(addr_hi)
     al = _U(addr_lo)
     if ah == _U0 and (al >> _SHIFT32) == _MAPPED_TAG:
-        d = _deepest_v4(net4, prefix, parent, al & _V4_BITS)
+        d = _deepest_v4(net4, index4, prefix, parent, al & _V4_BITS)
     else:
         d = _deepest_v6(net6_hi, net6_lo, prefix, parent, ah, al)
     return _decide(d, cls, parent, cls_mask, cls_allow, _U(policy))
 
 
 @njit(cache=True)
-def lookup_v4_batch(net4, prefix, cls, parent, cls_mask, cls_allow, addrs, policy,
+def lookup_v4_batch(net4, index4, prefix, cls, parent, cls_mask, cls_allow, addrs, policy,
                     out_blocked, out_cats, out_rule):
     """:func:`lookup_v4` for every address of ``addrs`` (uint32), into the three outputs
     (bool, uint64, int64; same length as ``addrs``)."""
     pol = _U(policy)
     for k in range(len(addrs)):
-        b, c, r = lookup_v4(net4, prefix, cls, parent, cls_mask, cls_allow, addrs[k], pol)
+        b, c, r = lookup_v4(net4, index4, prefix, cls, parent, cls_mask, cls_allow, addrs[k],
+                            pol)
         out_blocked[k] = b
         out_cats[k] = c
         out_rule[k] = r
 
 
 @njit(cache=True)
-def lookup_v6_batch(net4, net6_hi, net6_lo, prefix, cls, parent, cls_mask, cls_allow,
-                    addrs_hi, addrs_lo, policy, out_blocked, out_cats, out_rule):
+def lookup_v6_batch(net4, index4, net6_hi, net6_lo, prefix, cls, parent, cls_mask,
+                    cls_allow, addrs_hi, addrs_lo, policy, out_blocked, out_cats, out_rule):
     """:func:`lookup_v6` for every address ``(addrs_hi[k], addrs_lo[k])``."""
     pol = _U(policy)
     for k in range(len(addrs_hi)):
-        b, c, r = lookup_v6(net4, net6_hi, net6_lo, prefix, cls, parent, cls_mask,
+        b, c, r = lookup_v6(net4, index4, net6_hi, net6_lo, prefix, cls, parent, cls_mask,
                             cls_allow, addrs_hi[k], addrs_lo[k], pol)
         out_blocked[k] = b
         out_cats[k] = c

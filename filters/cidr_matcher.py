@@ -100,11 +100,11 @@ class CidrMatcher:
 
     @property
     def kernel_args(self) -> tuple[np.ndarray, ...]:
-        """``(net4, net6_hi, net6_lo, prefix, cls, parent, cls_mask, cls_allow)``: the
-        table arguments of the kernels, for other numba code (the v4 kernels omit the two
-        v6 arrays)."""
+        """``(net4, index4, net6_hi, net6_lo, prefix, cls, parent, cls_mask, cls_allow)``:
+        the table arguments of the kernels, for other numba code (the v4 kernels omit the
+        two v6 arrays)."""
         t = self.table
-        return (t.v4_net, t.v6_net_hi, t.v6_net_lo, t.prefix, t.cls, t.parent,
+        return (t.v4_net, t.v4_index, t.v6_net_hi, t.v6_net_lo, t.prefix, t.cls, t.parent,
                 self._mask, self._allow)
 
     def match(self, address: str | IpAddress, policy_mask: int) -> IpVerdict:
@@ -118,12 +118,13 @@ class CidrMatcher:
         value = int(addr)
         if addr.version == 4:
             blocked, cats, rule = _k.lookup_v4(
-                t.v4_net, t.prefix, t.cls, t.parent, self._mask, self._allow, value, pol
+                t.v4_net, t.v4_index, t.prefix, t.cls, t.parent, self._mask, self._allow,
+                value, pol,
             )
         else:
             blocked, cats, rule = _k.lookup_v6(
-                t.v4_net, t.v6_net_hi, t.v6_net_lo, t.prefix, t.cls, t.parent, self._mask,
-                self._allow, np.uint64(value >> 64), np.uint64(value & _W64), pol,
+                t.v4_net, t.v4_index, t.v6_net_hi, t.v6_net_lo, t.prefix, t.cls, t.parent,
+                self._mask, self._allow, np.uint64(value >> 64), np.uint64(value & _W64), pol,
             )
         if rule < 0:
             return IpVerdict(str(addr), bool(blocked), int(cats), None, None, None)
@@ -143,8 +144,8 @@ class CidrMatcher:
         pol = _policy(policy_mask)
         blocked, cats, rule = _outputs(len(a))
         t = self.table
-        _k.lookup_v4_batch(t.v4_net, t.prefix, t.cls, t.parent, self._mask, self._allow, a,
-                           pol, blocked, cats, rule)
+        _k.lookup_v4_batch(t.v4_net, t.v4_index, t.prefix, t.cls, t.parent, self._mask,
+                           self._allow, a, pol, blocked, cats, rule)
         return blocked, cats, rule
 
     def match_batch_v6(
@@ -159,8 +160,8 @@ class CidrMatcher:
         pol = _policy(policy_mask)
         blocked, cats, rule = _outputs(len(h))
         t = self.table
-        _k.lookup_v6_batch(t.v4_net, t.v6_net_hi, t.v6_net_lo, t.prefix, t.cls, t.parent,
-                           self._mask, self._allow, h, lw, pol, blocked, cats, rule)
+        _k.lookup_v6_batch(t.v4_net, t.v4_index, t.v6_net_hi, t.v6_net_lo, t.prefix, t.cls,
+                           t.parent, self._mask, self._allow, h, lw, pol, blocked, cats, rule)
         return blocked, cats, rule
 
     def rule_text(self, entry_index: int) -> str:

@@ -4,11 +4,12 @@ Built on the publisher's machine (:func:`build_cidr_table`), shipped in the bund
 ``.npy`` files (:meth:`CidrTable.arrays`), mapped read-only on the device
 (:meth:`CidrTable.from_arrays`). The layout is explained in ``filters/_cidr_kernels.py``: one
 entry index space (v4 entries first, then v6), each family sorted by (network, prefix), a
-parent pointer per entry to the nearest enclosing CIDR. Nothing but integers is stored: the
-rule text of an entry is rebuilt from its network address and prefix length.
+parent pointer per entry to the nearest enclosing CIDR, and a bucket index over the v4
+networks' top bits. Nothing but integers is stored: the rule text of an entry is rebuilt
+from its network address and prefix length.
 
-Bytes per entry: v4 4 (network) + 1 (prefix) + 4 (class) + 4 (parent) = 13;
-v6 16 + 1 + 4 + 4 = 25.
+Bytes per entry: v4 4 (network) + 1 (prefix) + 4 (class) + 4 (parent) = 13, plus the index
+(at most one uint32 per v4 entry, at most 256 KiB); v6 16 + 1 + 4 + 4 = 25.
 """
 
 from __future__ import annotations
@@ -21,18 +22,23 @@ import numpy as np
 
 from filters.errors import BundleError
 
-__all__ = ["CidrTable", "build_cidr_table", "ARRAY_NAMES", "MAX_ENTRIES"]
+__all__ = ["CidrTable", "build_cidr_table", "ARRAY_NAMES", "MAX_ENTRIES", "MAX_INDEX_BITS"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Entry indices and parent pointers are int32 (half the size of int64, and -1 is "none").
 MAX_ENTRIES = 2**31 - 1
 _MAX_CLASS = 2**32 - 1
+# The v4 index has 2**k + 1 buckets, k <= log2(v4 entries) so it never costs more than one
+# uint32 per entry. 16 bits (256 KiB) already leave ~1 entry per bucket at 100k entries and
+# ~16 (4 search steps) at 1M; more would only grow the bundle.
+MAX_INDEX_BITS = 16
 _W64 = (1 << 64) - 1
 
 # Field name -> (.npy stem, dtype). The stems are what the bundle writer puts on disk.
 _FIELDS: dict[str, tuple[str, np.dtype]] = {
     "v4_net": ("cidr_v4_net", np.dtype(np.uint32)),
+    "v4_index": ("cidr_v4_index", np.dtype(np.uint32)),
     "v6_net_hi": ("cidr_v6_net_hi", np.dtype(np.uint64)),
     "v6_net_lo": ("cidr_v6_net_lo", np.dtype(np.uint64)),
     "prefix": ("cidr_prefix", np.dtype(np.uint8)),
@@ -51,6 +57,7 @@ class CidrTable:
     """
 
     v4_net: np.ndarray  # uint32, n4: network addresses, sorted with prefix as tie-break
+    v4_index: np.ndarray  # uint32, 2**k + 1: first entry whose top k bits are >= bucket
     v6_net_hi: np.ndarray  # uint64, n6: high 64 bits of the v6 network addresses
     v6_net_lo: np.ndarray  # uint64, n6: low 64 bits
     prefix: np.ndarray  # uint8, n4 + n6: prefix lengths
@@ -97,7 +104,8 @@ class CidrTable:
         """Rebuild a table from :meth:`arrays` output (typically ``np.load(mmap_mode="r")``).
 
         Arrays are used as they are, never copied. Checks dtypes, shapes, lengths, prefix
-        ranges, order, host bits and parent pointers (precede their entry, same family) —
+        ranges, order, host bits, the v4 index and parent pointers (precede their entry,
+        same family) —
         what the kernels rely on not to read out of bounds or loop — in a few vectorised
         passes (about 1 ms per 100k entries); raises :class:`BundleError`. Not checked: that
         each parent is the *nearest* enclosing CIDR (the bundle signature vouches for that).
@@ -149,6 +157,7 @@ class CidrTable:
         if not (_v4_host_bits_clear(self.v4_net, p4)
                 and _v6_host_bits_clear(self.v6_net_hi, self.v6_net_lo, p6)):
             raise BundleError("CIDR table: a network address has host bits set")
+        _check_index(self.v4_index, self.v4_net)
         # Parents precede their children (so every climb terminates and stays in bounds) and
         # belong to the same family.
         idx = np.arange(n, dtype=np.int64)
@@ -157,6 +166,21 @@ class CidrTable:
             raise BundleError("CIDR table: a parent pointer does not precede its entry")
         if n6 and not np.all((par[n4:] == -1) | (par[n4:] >= n4)):
             raise BundleError("CIDR table: a v6 entry has a v4 parent")
+
+
+def _index_for(net: np.ndarray, bits: int) -> np.ndarray:
+    starts = np.arange(2**bits + 1, dtype=np.uint64) << np.uint64(32 - bits)
+    return np.searchsorted(net, starts, side="left").astype(np.uint32)
+
+
+def _check_index(index: np.ndarray, net: np.ndarray) -> None:
+    m = len(index) - 1
+    if m < 1 or m & (m - 1) or m > 2**MAX_INDEX_BITS:
+        raise BundleError(f"CIDR table: cidr_v4_index has {m + 1} elements, not 2**k + 1")
+    # Rebuilding it costs ~1 ms and is the only way to know the index agrees with the
+    # networks (a wrong bucket silently misses rules).
+    if not np.array_equal(index, _index_for(net, m.bit_length() - 1)):
+        raise BundleError("CIDR table: cidr_v4_index does not match cidr_v4_net")
 
 
 def _v4_host_bits_clear(net: np.ndarray, prefix: np.ndarray) -> bool:
@@ -204,8 +228,10 @@ def build_cidr_table(entries: Sequence[tuple[Network, int]]) -> CidrTable:
     _link(v4, 32, 0, parent)
     _link(v6, 128, len(v4), parent)
     rows = v4 + v6
+    net4 = np.array([r[0] for r in v4], dtype=np.uint32)
     return CidrTable(
-        v4_net=np.array([r[0] for r in v4], dtype=np.uint32),
+        v4_net=net4,
+        v4_index=_index_for(net4, min(MAX_INDEX_BITS, max(0, len(v4).bit_length() - 1))),
         v6_net_hi=np.array([r[0] >> 64 for r in v6], dtype=np.uint64),
         v6_net_lo=np.array([r[0] & _W64 for r in v6], dtype=np.uint64),
         prefix=np.array([r[1] for r in rows], dtype=np.uint8),

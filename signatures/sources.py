@@ -90,7 +90,7 @@ def load_sources(path: str | Path, text: str | None = None) -> SourcesSpec:
     for name, body in cats_in.items():
         p = ("categories", name)
         if not isinstance(name, str) or not _CATEGORY_NAME.fullmatch(name) or name == LOCAL_CATEGORY:
-            raise doc.error(f"bad category name {name!r} (lower-case letters, digits, - and _; "
+            raise doc.key_error(f"bad category name {name!r} (lower-case letters, digits, - and _; "
                             f"{LOCAL_CATEGORY!r} is reserved)", *p)
         if body is None:
             body = {}
@@ -118,7 +118,7 @@ def load_sources(path: str | Path, text: str | None = None) -> SourcesSpec:
 def _known_keys(doc: YamlDoc, d: dict, path: tuple, known: set[str]) -> None:
     for k in d:
         if k not in known:
-            raise doc.error(f"unknown key {k!r} (expected one of: {', '.join(sorted(known))})", *path, k)
+            raise doc.key_error(f"unknown key {k!r} (expected one of: {', '.join(sorted(known))})", *path, k)
 
 
 def _source_list(doc: YamlDoc, items, path: tuple, base: Path, category: str | None) -> list[SourceSpec]:

@@ -18,10 +18,12 @@ __all__ = ["YamlDoc", "load_yaml"]
 
 
 class YamlDoc:
-    def __init__(self, data: Any, file: str, marks: dict[tuple, Where]) -> None:
+    def __init__(self, data: Any, file: str, marks: dict[tuple, Where],
+                 key_marks: dict[tuple, Where] | None = None) -> None:
         self.data = data
         self.file = file
         self._marks = marks
+        self._key_marks = key_marks or {}
 
     def where(self, *path: Any) -> Where:
         """Position of the value at ``path``, or of its nearest ancestor we know."""
@@ -32,6 +34,10 @@ class YamlDoc:
 
     def error(self, message: str, *path: Any) -> ConfigError:
         return ConfigError(message, self.where(*path))
+
+    def key_error(self, message: str, *path: Any) -> ConfigError:
+        """An error about the key at ``path`` itself (unknown or badly named key)."""
+        return ConfigError(message, self._key_marks.get(tuple(path)) or self.where(*path))
 
 
 def load_yaml(path: str | Path, text: str | None = None) -> YamlDoc:
@@ -53,23 +59,26 @@ def load_yaml(path: str | Path, text: str | None = None) -> YamlDoc:
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML: {exc}", Where(file)) from exc
     marks: dict[tuple, Where] = {}
-    data = _build(node, (), file, marks) if node is not None else None
-    return YamlDoc(data, file, marks)
+    key_marks: dict[tuple, Where] = {}
+    data = _build(node, (), file, marks, key_marks) if node is not None else None
+    return YamlDoc(data, file, marks, key_marks)
 
 
-def _build(node: yaml.Node, path: tuple, file: str, marks: dict[tuple, Where]) -> Any:
+def _build(node: yaml.Node, path: tuple, file: str, marks: dict[tuple, Where],
+           key_marks: dict[tuple, Where]) -> Any:
     marks[path] = Where(file, node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = _scalar(key_node, file)
+            w = Where(file, key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             if key in out:
-                w = Where(file, key_node.start_mark.line + 1, key_node.start_mark.column + 1)
                 raise ConfigError(f"duplicate key {key!r}", w)
-            out[key] = _build(value_node, path + (key,), file, marks)
+            key_marks[path + (key,)] = w
+            out[key] = _build(value_node, path + (key,), file, marks, key_marks)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(v, path + (i,), file, marks) for i, v in enumerate(node.value)]
+        return [_build(v, path + (i,), file, marks, key_marks) for i, v in enumerate(node.value)]
     return _scalar(node, file)
 
 

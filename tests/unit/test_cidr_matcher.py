@@ -119,7 +119,8 @@ def test_verdict_carries_class_for_sources() -> None:
          ["0.0.0.0", "::ffff:0.0.0.0"]),
         ("255.255.255.255/32", ["255.255.255.255"], ["255.255.255.254", "0.0.0.0"]),
         ("0.0.0.0/32", ["0.0.0.0"], ["0.0.0.1"]),
-        ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128", ["ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"],
+        ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128",
+         ["ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"],
          ["ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe", "::"]),
         ("::/128", ["::"], ["::1", "0.0.0.0"]),
         ("ffff:ffff:ffff:ffff::/64", ["ffff:ffff:ffff:ffff:1::"], ["ffff:ffff:ffff:fffe::"]),
@@ -197,13 +198,14 @@ def test_rule_text(m: CidrMatcher) -> None:
 
 
 def test_kernels_are_callable_directly(m: CidrMatcher) -> None:
-    net4, hi6, lo6, prefix, cls, parent, mask, allow = m.kernel_args
-    b, c, r = _cidr_kernels.lookup_v4(net4, prefix, cls, parent, mask, allow,
+    net4, index4, hi6, lo6, prefix, cls, parent, mask, allow = m.kernel_args
+    b, c, r = _cidr_kernels.lookup_v4(net4, index4, prefix, cls, parent, mask, allow,
                                       np.uint32(0x0A090909), np.uint64(ALL))
     assert (b, c, m.rule_text(r)) == (True, ADULT, "10.0.0.0/8")
     a = int(ipaddress.IPv6Address("2001:db8:1::53"))
-    b, c, r = _cidr_kernels.lookup_v6(net4, hi6, lo6, prefix, cls, parent, mask, allow,
-                                      np.uint64(a >> 64), np.uint64(a & W64), np.uint64(ALL))
+    b, c, r = _cidr_kernels.lookup_v6(net4, index4, hi6, lo6, prefix, cls, parent, mask,
+                                      allow, np.uint64(a >> 64), np.uint64(a & W64),
+                                      np.uint64(ALL))
     assert (b, m.rule_text(r)) == (True, "2001:db8:1::53/128")
 
 

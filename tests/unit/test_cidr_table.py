@@ -61,7 +61,7 @@ def test_v6_words_split_at_64_bits() -> None:
 
 def test_empty_table() -> None:
     t = build_cidr_table([])
-    assert len(t) == 0 and t.nbytes == 0
+    assert len(t) == 0 and t.nbytes == 8  # the index's two zeros
     assert {a.dtype for a in t.arrays().values()} == {
         np.dtype(x) for x in ("uint32", "uint64", "uint8", "int32")
     }
@@ -92,8 +92,22 @@ def test_not_a_network() -> None:
 def test_bytes_per_entry() -> None:
     v4 = build_cidr_table([(net(f"10.{i}.0.0/16"), 0) for i in range(100)])
     v6 = build_cidr_table([(net(f"2001:db8:{i:x}::/48"), 0) for i in range(100)])
-    assert v4.nbytes == 13 * 100
-    assert v6.nbytes == 25 * 100
+    assert len(v4.v4_index) == 65  # 2**6 buckets for 100 entries
+    assert v4.nbytes == 13 * 100 + 4 * 65
+    assert v6.nbytes == 25 * 100 + 4 * 2
+
+
+@pytest.mark.parametrize(("n", "buckets"), [(0, 1), (1, 1), (3, 2), (1000, 512), (2**17, 2**16)])
+def test_v4_index_size_follows_entry_count(n: int, buckets: int) -> None:
+    t = build_cidr_table([(ipaddress.IPv4Network((i << 15, 17)), 0) for i in range(n)])
+    assert len(t.v4_index) == buckets + 1
+    assert t.v4_index[0] == 0 and t.v4_index[-1] == n
+    # Bucket b starts at the first network whose top bits are >= b.
+    shift = 32 - (buckets.bit_length() - 1)
+    for b in range(0, buckets, max(1, buckets // 64)):
+        first = int(t.v4_index[b])
+        assert first == n or int(t.v4_net[first]) >> shift >= b
+        assert first == 0 or int(t.v4_net[first - 1]) >> shift < b
 
 
 def test_network_index_bounds() -> None:
@@ -102,6 +116,14 @@ def test_network_index_bounds() -> None:
         t.network(len(t))
     with pytest.raises(IndexError):
         t.network(-1)  # -1 means "no rule", never "the last entry"
+
+
+def test_any_index_size_is_accepted() -> None:
+    # The kernels read the bucket count from the array, so a publisher may choose it.
+    arrays = dict(build_cidr_table(SAMPLE).arrays())
+    for index in ([0, 5], [0, 4, 5], [0, 4, 4, 4, 5]):
+        arrays["cidr_v4_index"] = np.array(index, np.uint32)
+        assert CidrTable.from_arrays(arrays).v4_index.tolist() == index
 
 
 @pytest.mark.parametrize("entries", [SAMPLE, []], ids=["sample", "empty"])
@@ -153,6 +175,12 @@ def _broken(**changes: np.ndarray) -> dict[str, np.ndarray]:
         (_broken(cidr_parent=np.array([-1, 0, 2, 0, -1, -1, 5], np.int32)), "does not precede"),
         (_broken(cidr_parent=np.array([-2, 0, 1, 0, -1, -1, 5], np.int32)), "does not precede"),
         (_broken(cidr_parent=np.array([-1, 0, 1, 0, -1, 4, 5], np.int32)), "v4 parent"),
+        (_broken(cidr_v4_index=np.array([0, 4, 4, 5], np.uint32)), "not 2\\*\\*k"),
+        (_broken(cidr_v4_index=np.array([0], np.uint32)), "not 2\\*\\*k"),
+        (_broken(cidr_v4_index=np.zeros(2**17 + 1, np.uint32)), "not 2\\*\\*k"),
+        (_broken(cidr_v4_index=np.array([1, 5], np.uint32)), "does not match"),
+        (_broken(cidr_v4_index=np.array([0, 4, 4, 5, 5], np.uint32)), "does not match"),
+        (_broken(cidr_v4_index=np.array([0, 6], np.uint32)), "does not match"),
     ],
 )
 def test_from_arrays_rejects_inconsistent_tables(arrays: dict, message: str) -> None:
