@@ -10,23 +10,24 @@ Layout (n = number of states, k = number of byte classes):
 - ``cmap`` int32[256]: byte -> class. ASCII letters are case-folded here (``A`` and ``a``
   share a class), which is all the case-insensitivity the kernels need. Bytes that occur in
   no pattern share class 0. (int32 rather than uint8: 1 KiB either way, and it keeps
-  ``row + cmap[b]`` in a wide type when the kernels run as plain Python under numpy's
+  ``s * k + cmap[b]`` in a wide type when the kernels run as plain Python under numpy's
   NEP 50 promotion rules.)
-- ``delta`` int32[n*k]: ``delta[s*k + c]`` is the *row offset* ``t*k`` of the next state t,
-  pre-multiplied so the hot loop never multiplies (the load -> add -> load chain is the
-  whole cost of a byte).
+- ``delta`` uint16 or int32 [n*k]: ``delta[s*k + c]`` is the next state. uint16 whenever
+  n <= 65536 (10k keywords build ~60k states): half the cache footprint, which measured
+  faster than pre-multiplied int32 row offsets despite the multiply on the critical path.
 - States are numbered so that every accepting state (one with at least one pattern ending
   there, directly or through its failure chain) has an id >= ``acc0``: "did something
-  match?" is one compare against ``acc_row0 = acc0*k``. Non-accepting states come first in
-  BFS order, so the shallow, hot states sit together at the front of ``delta``.
+  match?" is one compare. Non-accepting states come first in BFS order, so the shallow, hot
+  states sit together at the front of ``delta``.
 - Per accepting state a = s - acc0: ``acc_mask[a]`` is the OR of the category masks of
   every pattern that ends there; ``acc_own[a]`` is the pattern whose last byte leads to s
   (the longest one ending there) or -1; ``acc_dict[a]`` is the next accepting state (again
-  as a - index) on the failure chain that has an own pattern, or -1. ``own`` then ``dict``
-  chain lists the matches at a position longest first.
+  as an index a) on the failure chain that has an own pattern, or -1. ``own`` then the
+  ``dict`` chain lists the matches at a position longest first.
 
-Every kernel is ``cache=True`` (the Pi boots cold) and runs unchanged as pure Python under
-``NUMBA_DISABLE_JIT=1``, which the tests use as a coverage run.
+Scalars ``k`` and ``acc0`` are passed as np.int64 so that arithmetic on uint16 states stays
+64-bit in plain Python too. Every kernel is ``cache=True`` (the Pi boots cold) and runs
+unchanged as pure Python under ``NUMBA_DISABLE_JIT=1``, which the tests use for coverage.
 """
 
 from __future__ import annotations
@@ -36,225 +37,238 @@ from numba import njit
 
 # --------------------------------------------------------------------------- scanning
 
-# The walk is one dependent chain of loads per byte, so a single stream is bound by memory
-# latency, not bandwidth. Interleaving LANES independent streams (four texts of a batch, or
-# four segments of one long text) lets the CPU overlap their cache misses. Below SPLIT_MIN
-# bytes a text is scanned as one stream: splitting costs a warm-up per segment.
+# The walk is one chain of dependent loads per byte, so a single stream is bound by memory
+# latency, not bandwidth. The engine below interleaves LANES independent streams ("tasks":
+# the texts of a batch, or segments of a long text) so the CPU overlaps their cache misses;
+# 8 lanes measured 2.5-4x one lane on x86 (4 lanes: ~3x), more lanes only spill registers.
+LANES = 8
+# A text is split into LANES segments when it is at least this long (and at least
+# 2 * LANES * longest pattern, so a segment's warm-up is small next to the segment).
 SPLIT_MIN = 4096
 
 
 @njit(cache=True, nogil=True)
-def walk(cmap, delta, acc_row0, n_classes, acc_mask, full_mask, buf, start, end, row, mask,
-         first_acc):
-    """Continue one stream over ``buf[start:end]`` from ``row`` with the results so far.
-
-    Returns the new ``(row, mask, first_acc)``; ``first_acc`` is an accepting-state index
-    (see :func:`first_pattern`). Stops early when ``mask`` reaches ``full_mask`` with a
-    first match known: nothing later can change the answer.
+def walk(cmap, delta, acc0, k, acc_mask, full_mask, buf, start, end, s, mask, fa):
+    """Continue one stream over ``buf[start:end]`` from state ``s`` with the results so far.
+    Returns the new ``(s, mask, fa)``, ``fa`` being the first accepting-state index seen or
+    -1. Stops early once ``fa`` is known and ``mask``
+    equals ``full_mask`` (the OR of all patterns): nothing later could change the answer.
     """
     for i in range(start, end):
-        row = delta[row + cmap[buf[i]]]
-        if row >= acc_row0:
-            a = (row - acc_row0) // n_classes
+        s = delta[s * k + cmap[buf[i]]]
+        if s >= acc0:
+            a = s - acc0
             mask |= acc_mask[a]
-            if first_acc < 0:
-                first_acc = a
+            if fa < 0:
+                fa = a
             if mask == full_mask:
                 break
-    return row, mask, first_acc
+    return s, mask, fa
 
 
 @njit(cache=True, nogil=True)
-def first_pattern(acc_own, acc_dict, first_acc):
-    """Pattern id of the longest pattern ending in accepting state ``first_acc`` (or -1)."""
-    if first_acc < 0:
+def first_pattern(acc_own, acc_dict, fa):
+    """Pattern id of the longest pattern ending in accepting state ``fa`` (or -1)."""
+    if fa < 0:
         return np.int64(-1)
-    own = acc_own[first_acc]
+    own = acc_own[fa]
     if own >= 0:
         return np.int64(own)
-    return np.int64(acc_own[acc_dict[first_acc]])
+    return np.int64(acc_own[acc_dict[fa]])
 
 
 @njit(cache=True, nogil=True)
-def scan_range(cmap, delta, acc_row0, n_classes, acc_mask, acc_own, acc_dict, full_mask,
-               max_len, buf, start, end):
-    """Scan ``buf[start:end]`` from the root state.
+def run_tasks(cmap, delta, acc0, k, acc_mask, full_mask, buf, t_start, t_rec, t_end,
+              t_mask, t_fa):
+    """Scan every task ``buf[t_start[j]:t_end[j]]`` (from the root, recording matches
+    ending at or after ``t_rec[j]``) into ``t_mask[j]``, ``t_fa[j]``. Requires
+    ``t_start <= t_rec < t_end``.
 
-    Returns ``(mask, first)``: the OR of the categories of every pattern occurring in the
-    range, and the id of the first match (smallest end offset; among patterns ending there
-    the longest), or -1. Callable from other njit code (``max_len`` is the longest
-    pattern's length, needed to split long texts into overlapping segments).
+    LANES tasks advance in lock-step for as many bytes as the shortest has left; finished
+    lanes then store their result and take the next task (running its warm-up, the bytes
+    before ``t_rec``, on its own first: that keeps a "record?" test out of the hot loop).
+    When the queue is empty, the lanes still running finish one at a time.
     """
-    mask = np.uint64(0)
-    length = end - start
-    if length < SPLIT_MIN or length < 16 * max_len:
-        row, mask, fa = walk(cmap, delta, acc_row0, n_classes, acc_mask, full_mask, buf,
-                             start, end, 0, mask, -1)
-        return mask, first_pattern(acc_own, acc_dict, fa)
-    # Four segments [p_c, p_c + seg). Each later segment first re-reads the max_len - 1
-    # bytes before it without recording: after that the DFA state equals the state of a
-    # scan from the text's start (it depends on at most the last max_len bytes).
-    seg = length // 4
-    p1 = start + seg
-    p2 = p1 + seg
-    p3 = p2 + seg
-    warm = max_len - 1
-    r0 = 0
-    r1 = 0
-    r2 = 0
-    r3 = 0
-    for i in range(p1 - warm, p1):
-        r1 = delta[r1 + cmap[buf[i]]]
-    for i in range(p2 - warm, p2):
-        r2 = delta[r2 + cmap[buf[i]]]
-    for i in range(p3 - warm, p3):
-        r3 = delta[r3 + cmap[buf[i]]]
-    m0 = mask
-    m1 = mask
-    m2 = mask
-    m3 = mask
-    f0 = -1
-    f1 = -1
-    f2 = -1
-    f3 = -1
-    for t in range(seg):
-        r0 = delta[r0 + cmap[buf[start + t]]]
-        r1 = delta[r1 + cmap[buf[p1 + t]]]
-        r2 = delta[r2 + cmap[buf[p2 + t]]]
-        r3 = delta[r3 + cmap[buf[p3 + t]]]
-        if r0 >= acc_row0:
-            a = (r0 - acc_row0) // n_classes
-            m0 |= acc_mask[a]
-            if f0 < 0:
-                f0 = a
-        if r1 >= acc_row0:
-            a = (r1 - acc_row0) // n_classes
-            m1 |= acc_mask[a]
-            if f1 < 0:
-                f1 = a
-        if r2 >= acc_row0:
-            a = (r2 - acc_row0) // n_classes
-            m2 |= acc_mask[a]
-            if f2 < 0:
-                f2 = a
-        if r3 >= acc_row0:
-            a = (r3 - acc_row0) // n_classes
-            m3 |= acc_mask[a]
-            if f3 < 0:
-                f3 = a
-    r3, m3, f3 = walk(cmap, delta, acc_row0, n_classes, acc_mask, full_mask, buf,
-                      p3 + seg, end, r3, m3, f3)
-    fa = f0
-    if fa < 0:
-        fa = f1
-    if fa < 0:
-        fa = f2
-    if fa < 0:
-        fa = f3
-    return m0 | m1 | m2 | m3, first_pattern(acc_own, acc_dict, fa)
-
-
-@njit(cache=True, nogil=True)
-def scan_batch(cmap, delta, acc_row0, n_classes, acc_mask, acc_own, acc_dict, full_mask,
-               max_len, buf, offsets, out_mask, out_first):
-    """Scan every text ``buf[offsets[j]:offsets[j+1]]`` independently into the outputs.
-
-    Four lanes each hold one text; they advance in lock-step for as many bytes as the
-    shortest has left, then finished lanes write their result and take the next text.
-    When fewer than four texts remain, the rest run one at a time (long ones split).
-    """
-    n = len(offsets) - 1
-    for j in range(n):
-        out_mask[j] = 0
-        out_first[j] = -1
-    tid = np.full(4, -1, dtype=np.int64)
-    pos = np.zeros(4, dtype=np.int64)
-    end = np.zeros(4, dtype=np.int64)
-    row = np.zeros(4, dtype=np.int64)
-    msk = np.zeros(4, dtype=np.uint64)
-    fst = np.full(4, -1, dtype=np.int64)
+    nt = len(t_start)
+    lt = np.full(LANES, -1, dtype=np.int64)  # task per lane
+    lp = np.zeros(LANES, dtype=np.int64)  # position
+    le = np.zeros(LANES, dtype=np.int64)  # end
+    ls = np.zeros(LANES, dtype=np.int64)  # state
+    lm = np.zeros(LANES, dtype=np.uint64)  # mask
+    lf = np.full(LANES, -1, dtype=np.int64)  # first accepting index
     nxt = 0
     while True:
-        # Retire finished lanes and refill every lane from the texts not yet started.
-        for lane in range(4):
-            if tid[lane] >= 0 and (pos[lane] == end[lane]
-                                   or (fst[lane] >= 0 and msk[lane] == full_mask)):
-                out_mask[tid[lane]] = msk[lane]
-                out_first[tid[lane]] = first_pattern(acc_own, acc_dict, fst[lane])
-                tid[lane] = -1
-            while tid[lane] < 0 and nxt < n:
-                if offsets[nxt + 1] > offsets[nxt]:  # empty texts keep (0, -1)
-                    tid[lane] = nxt
-                    pos[lane] = offsets[nxt]
-                    end[lane] = offsets[nxt + 1]
-                    row[lane] = 0
-                    msk[lane] = 0
-                    fst[lane] = -1
-                nxt += 1
-        if tid[0] < 0 or tid[1] < 0 or tid[2] < 0 or tid[3] < 0:
+        idle = False
+        for ln in range(LANES):
+            j = lt[ln]
+            if j >= 0 and (lp[ln] == le[ln] or (lf[ln] >= 0 and lm[ln] == full_mask)):
+                t_mask[j] = lm[ln]
+                t_fa[j] = lf[ln]
+                lt[ln] = -1
+                j = -1
+            if j < 0:
+                if nxt < nt:
+                    lt[ln] = nxt
+                    s = 0
+                    for i in range(t_start[nxt], t_rec[nxt]):
+                        s = delta[s * k + cmap[buf[i]]]
+                    lp[ln] = t_rec[nxt]
+                    le[ln] = t_end[nxt]
+                    ls[ln] = s
+                    lm[ln] = 0
+                    lf[ln] = -1
+                    nxt += 1
+                else:
+                    idle = True
+        if idle:
             break
-        steps = min(end[0] - pos[0], end[1] - pos[1], end[2] - pos[2], end[3] - pos[3])
-        i0, i1, i2, i3 = pos[0], pos[1], pos[2], pos[3]
-        r0, r1, r2, r3 = row[0], row[1], row[2], row[3]
-        m0, m1, m2, m3 = msk[0], msk[1], msk[2], msk[3]
-        f0, f1, f2, f3 = fst[0], fst[1], fst[2], fst[3]
+        steps = le[0] - lp[0]
+        for ln in range(1, LANES):
+            steps = min(steps, le[ln] - lp[ln])
+        # One burst. Written out per lane (no helper, no arrays): numba keeps the states in
+        # registers only this way, and a helper returning a tuple measured 10x slower.
+        p0, p1, p2, p3, p4, p5, p6, p7 = lp[0], lp[1], lp[2], lp[3], lp[4], lp[5], lp[6], lp[7]
+        s0, s1, s2, s3, s4, s5, s6, s7 = ls[0], ls[1], ls[2], ls[3], ls[4], ls[5], ls[6], ls[7]
+        m0, m1, m2, m3, m4, m5, m6, m7 = lm[0], lm[1], lm[2], lm[3], lm[4], lm[5], lm[6], lm[7]
+        f0, f1, f2, f3, f4, f5, f6, f7 = lf[0], lf[1], lf[2], lf[3], lf[4], lf[5], lf[6], lf[7]
         for t in range(steps):
-            r0 = delta[r0 + cmap[buf[i0 + t]]]
-            r1 = delta[r1 + cmap[buf[i1 + t]]]
-            r2 = delta[r2 + cmap[buf[i2 + t]]]
-            r3 = delta[r3 + cmap[buf[i3 + t]]]
-            if r0 >= acc_row0:
-                a = (r0 - acc_row0) // n_classes
-                m0 |= acc_mask[a]
-                if f0 < 0:
-                    f0 = a
-            if r1 >= acc_row0:
-                a = (r1 - acc_row0) // n_classes
-                m1 |= acc_mask[a]
-                if f1 < 0:
-                    f1 = a
-            if r2 >= acc_row0:
-                a = (r2 - acc_row0) // n_classes
-                m2 |= acc_mask[a]
-                if f2 < 0:
-                    f2 = a
-            if r3 >= acc_row0:
-                a = (r3 - acc_row0) // n_classes
-                m3 |= acc_mask[a]
-                if f3 < 0:
-                    f3 = a
-        pos[0], pos[1], pos[2], pos[3] = i0 + steps, i1 + steps, i2 + steps, i3 + steps
-        row[0], row[1], row[2], row[3] = r0, r1, r2, r3
-        msk[0], msk[1], msk[2], msk[3] = m0, m1, m2, m3
-        fst[0], fst[1], fst[2], fst[3] = f0, f1, f2, f3
-    # Fewer than four texts left: finish the lanes still running, one at a time.
-    for lane in range(4):
-        j = tid[lane]
+            s0 = delta[s0 * k + cmap[buf[p0 + t]]]
+            s1 = delta[s1 * k + cmap[buf[p1 + t]]]
+            s2 = delta[s2 * k + cmap[buf[p2 + t]]]
+            s3 = delta[s3 * k + cmap[buf[p3 + t]]]
+            s4 = delta[s4 * k + cmap[buf[p4 + t]]]
+            s5 = delta[s5 * k + cmap[buf[p5 + t]]]
+            s6 = delta[s6 * k + cmap[buf[p6 + t]]]
+            s7 = delta[s7 * k + cmap[buf[p7 + t]]]
+            if s0 >= acc0:
+                m0 |= acc_mask[s0 - acc0]
+                f0 = s0 - acc0 if f0 < 0 else f0
+            if s1 >= acc0:
+                m1 |= acc_mask[s1 - acc0]
+                f1 = s1 - acc0 if f1 < 0 else f1
+            if s2 >= acc0:
+                m2 |= acc_mask[s2 - acc0]
+                f2 = s2 - acc0 if f2 < 0 else f2
+            if s3 >= acc0:
+                m3 |= acc_mask[s3 - acc0]
+                f3 = s3 - acc0 if f3 < 0 else f3
+            if s4 >= acc0:
+                m4 |= acc_mask[s4 - acc0]
+                f4 = s4 - acc0 if f4 < 0 else f4
+            if s5 >= acc0:
+                m5 |= acc_mask[s5 - acc0]
+                f5 = s5 - acc0 if f5 < 0 else f5
+            if s6 >= acc0:
+                m6 |= acc_mask[s6 - acc0]
+                f6 = s6 - acc0 if f6 < 0 else f6
+            if s7 >= acc0:
+                m7 |= acc_mask[s7 - acc0]
+                f7 = s7 - acc0 if f7 < 0 else f7
+        lp[0], lp[1], lp[2], lp[3] = p0 + steps, p1 + steps, p2 + steps, p3 + steps
+        lp[4], lp[5], lp[6], lp[7] = p4 + steps, p5 + steps, p6 + steps, p7 + steps
+        ls[0], ls[1], ls[2], ls[3], ls[4], ls[5], ls[6], ls[7] = s0, s1, s2, s3, s4, s5, s6, s7
+        lm[0], lm[1], lm[2], lm[3], lm[4], lm[5], lm[6], lm[7] = m0, m1, m2, m3, m4, m5, m6, m7
+        lf[0], lf[1], lf[2], lf[3], lf[4], lf[5], lf[6], lf[7] = f0, f1, f2, f3, f4, f5, f6, f7
+    for ln in range(LANES):
+        j = lt[ln]
         if j >= 0:
-            if pos[lane] == offsets[j]:  # not started: may be long enough to split
-                m, f = scan_range(cmap, delta, acc_row0, n_classes, acc_mask, acc_own,
-                                  acc_dict, full_mask, max_len, buf, pos[lane], end[lane])
-            else:
-                _, m, fa = walk(cmap, delta, acc_row0, n_classes, acc_mask, full_mask, buf,
-                                pos[lane], end[lane], row[lane], msk[lane], fst[lane])
-                f = first_pattern(acc_own, acc_dict, fa)
-            out_mask[j] = m
-            out_first[j] = f
+            _, m, f = walk(cmap, delta, acc0, k, acc_mask, full_mask, buf, lp[ln], le[ln],
+                           ls[ln], lm[ln], lf[ln])
+            t_mask[j] = m
+            t_fa[j] = f
 
 
 @njit(cache=True, nogil=True)
-def find_all(cmap, delta, acc_row0, n_classes, acc_own, acc_dict, buf, start, end):
+def n_segments(length, max_len):
+    """How many tasks a text of ``length`` bytes becomes (1 or LANES)."""
+    if length >= SPLIT_MIN and length >= 2 * LANES * max_len:
+        return LANES
+    return 1
+
+
+@njit(cache=True, nogil=True)
+def scan_batch(cmap, delta, acc0, k, acc_mask, acc_own, acc_dict, full_mask, max_len,
+               buf, offsets, out_mask, out_first):
+    """Scan every text ``buf[offsets[j]:offsets[j+1]]`` independently into the outputs:
+    ``out_mask[j]`` the OR of the categories of every pattern occurring in it,
+    ``out_first[j]`` the first match (smallest end offset; among patterns ending there the
+    longest) or -1.
+
+    Long texts become LANES segments; each segment but the first starts ``max_len - 1``
+    bytes early without recording, after which its DFA state equals that of a scan from the
+    text's start (the state depends on at most the last ``max_len`` bytes).
+    """
+    n = len(offsets) - 1
+    nt = 0
+    for j in range(n):
+        length = offsets[j + 1] - offsets[j]
+        if length > 0:
+            nt += n_segments(length, max_len)
+    t_start = np.empty(nt, dtype=np.int64)
+    t_rec = np.empty(nt, dtype=np.int64)
+    t_end = np.empty(nt, dtype=np.int64)
+    t_text = np.empty(nt, dtype=np.int64)
+    i = 0
+    for j in range(n):
+        a, b = offsets[j], offsets[j + 1]
+        if b <= a:
+            continue
+        parts = n_segments(b - a, max_len)
+        seg = (b - a) // parts
+        for c in range(parts):
+            rec = a + c * seg
+            t_start[i] = rec if c == 0 else rec - (max_len - 1)
+            t_rec[i] = rec
+            t_end[i] = b if c == parts - 1 else rec + seg
+            t_text[i] = j
+            i += 1
+    t_mask = np.zeros(nt, dtype=np.uint64)
+    t_fa = np.full(nt, -1, dtype=np.int64)
+    run_tasks(cmap, delta, acc0, k, acc_mask, full_mask, buf, t_start, t_rec, t_end,
+              t_mask, t_fa)
+    fa = np.full(n, -1, dtype=np.int64)
+    for j in range(n):
+        out_mask[j] = 0
+    for i in range(nt):  # tasks of one text are consecutive and in text order
+        j = t_text[i]
+        out_mask[j] |= t_mask[i]
+        if fa[j] < 0:
+            fa[j] = t_fa[i]
+    for j in range(n):
+        out_first[j] = first_pattern(acc_own, acc_dict, fa[j])
+
+
+@njit(cache=True, nogil=True)
+def scan_range(cmap, delta, acc0, k, acc_mask, acc_own, acc_dict, full_mask, max_len,
+               buf, start, end):
+    """``(mask, first)`` for ``buf[start:end]``, as one text of :func:`scan_batch`.
+    Callable from other njit code with ``KeywordScanner.kernel_tables`` as the first nine
+    arguments."""
+    if n_segments(end - start, max_len) == 1:
+        _, mask, fa = walk(cmap, delta, acc0, k, acc_mask, full_mask, buf, start, end, 0,
+                           np.uint64(0), -1)
+        return mask, first_pattern(acc_own, acc_dict, fa)
+    offsets = np.array([start, end], dtype=np.int64)
+    out_mask = np.zeros(1, dtype=np.uint64)
+    out_first = np.full(1, -1, dtype=np.int64)
+    scan_batch(cmap, delta, acc0, k, acc_mask, acc_own, acc_dict, full_mask, max_len, buf,
+               offsets, out_mask, out_first)
+    return out_mask[0], out_first[0]
+
+
+@njit(cache=True, nogil=True)
+def find_all(cmap, delta, acc0, k, acc_own, acc_dict, buf, start, end):
     """Every match in ``buf[start:end]`` as two int64 arrays (pattern ids, end offsets).
 
     End offsets are exclusive and relative to ``start``; matches are ordered by end offset,
     then longest pattern first. Two passes (count, then fill) keep it to plain arrays.
     """
     count = 0
-    row = 0
+    s = 0
     for i in range(start, end):
-        row = delta[row + cmap[buf[i]]]
-        if row >= acc_row0:
-            a = (row - acc_row0) // n_classes
+        s = delta[s * k + cmap[buf[i]]]
+        if s >= acc0:
+            a = s - acc0
             if acc_own[a] < 0:
                 a = acc_dict[a]
             while a >= 0:
@@ -262,18 +276,18 @@ def find_all(cmap, delta, acc_row0, n_classes, acc_own, acc_dict, buf, start, en
                 a = acc_dict[a]
     ids = np.empty(count, dtype=np.int64)
     ends = np.empty(count, dtype=np.int64)
-    k = 0
-    row = 0
+    n = 0
+    s = 0
     for i in range(start, end):
-        row = delta[row + cmap[buf[i]]]
-        if row >= acc_row0:
-            a = (row - acc_row0) // n_classes
+        s = delta[s * k + cmap[buf[i]]]
+        if s >= acc0:
+            a = s - acc0
             if acc_own[a] < 0:
                 a = acc_dict[a]
             while a >= 0:
-                ids[k] = acc_own[a]
-                ends[k] = i + 1 - start
-                k += 1
+                ids[n] = acc_own[a]
+                ends[n] = i + 1 - start
+                n += 1
                 a = acc_dict[a]
     return ids, ends
 
@@ -368,7 +382,7 @@ def build_dfa(goto, term, n_states, n_classes, pmask):
     for s in range(n_states):
         ns = new_id[s]
         for c in range(k):
-            delta[ns * k + c] = new_id[goto[s * k + c]] * k
+            delta[ns * k + c] = new_id[goto[s * k + c]]
         if accepting[s]:
             a = ns - acc0
             acc_mask[a] = omask[s]

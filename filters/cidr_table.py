@@ -105,10 +105,10 @@ class CidrTable:
 
         Arrays are used as they are, never copied. Checks dtypes, shapes, lengths, prefix
         ranges, order, host bits, the v4 index and parent pointers (precede their entry,
-        same family) —
-        what the kernels rely on not to read out of bounds or loop — in a few vectorised
-        passes (about 1 ms per 100k entries); raises :class:`BundleError`. Not checked: that
-        each parent is the *nearest* enclosing CIDR (the bundle signature vouches for that).
+        same family) — what the kernels rely on not to read out of bounds, loop or miss a
+        rule — in a few vectorised passes (~2 ms per 100k entries); raises
+        :class:`BundleError`. Not checked: that each parent is the *nearest* enclosing CIDR
+        (the bundle signature vouches for that).
         Other keys in ``arrays`` are ignored, so a whole bundle's arrays can be passed.
         """
         got: dict[str, np.ndarray] = {}
@@ -191,13 +191,12 @@ def _v4_host_bits_clear(net: np.ndarray, prefix: np.ndarray) -> bool:
 def _v6_host_bits_clear(hi: np.ndarray, lo: np.ndarray, prefix: np.ndarray) -> bool:
     # numpy shifts by 64 are undefined, so the all-ones host masks are chosen with where().
     p = prefix.astype(np.int64)
-    ones = np.uint64(_W64)
-    one = np.uint64(1)
+    ones, one, zero = np.uint64(_W64), np.uint64(1), np.uint64(0)
     sh_hi = np.clip(64 - p, 0, 63).astype(np.uint64)
-    host_hi = np.where(p == 0, ones, np.where(p >= 64, 0, (one << sh_hi) - one))
+    host_hi = np.where(p == 0, ones, np.where(p >= 64, zero, (one << sh_hi) - one))
     sh_lo = np.clip(128 - p, 0, 63).astype(np.uint64)
-    host_lo = np.where(p <= 64, ones, (one << sh_lo) - one).astype(np.uint64)
-    return bool(np.all(((hi & host_hi.astype(np.uint64)) | (lo & host_lo)) == 0))
+    host_lo = np.where(p <= 64, ones, (one << sh_lo) - one)
+    return bool(np.all(((hi & host_hi) | (lo & host_lo)) == 0))
 
 
 def build_cidr_table(entries: Sequence[tuple[Network, int]]) -> CidrTable:

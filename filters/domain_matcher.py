@@ -93,6 +93,7 @@ class DomainMatcher:
         # Scratch for the single-name paths: reused so a lookup allocates nothing. The
         # kernels hold the GIL, so one matcher may be shared by threads.
         self._labels = np.empty(2 * K.MAX_LABELS, dtype=np.int64)
+        self._scratch = K.new_scratch()
         self._row = np.zeros(K.RESULT_WIDTH, dtype=np.uint64)
         self._wire_entry = self._resolve_wire_entry()
 
@@ -101,7 +102,7 @@ class DomainMatcher:
         for bytes). Calling it directly skips numba's per-call type dispatch, which is
         ~0.7 µs of a ~1.5 µs lookup; match_wire only uses it for exactly these types."""
         probe = np.frombuffer(b"\x00", dtype=np.uint8)
-        args = (probe, 0, self._labels, self._k0, self._k1, np.uint64(0), self._row,
+        args = (probe, 0, self._labels, self._scratch, self._k0, self._k1, np.uint64(0), self._row,
                 self._main_t, self._local_t)
         K.match_wire(*args)
         sig = tuple(numba.typeof(a) for a in args)
@@ -130,11 +131,11 @@ class DomainMatcher:
         Returns ST_BLOCK, ST_ALLOW or ST_MALFORMED; details stay in :attr:`last_row`."""
         if type(buf) is bytes:
             return self._wire_entry(np.frombuffer(buf, dtype=np.uint8), start, self._labels,
-                                    self._k0, self._k1, np.uint64(policy), self._row,
+                                    self._scratch, self._k0, self._k1, np.uint64(policy), self._row,
                                     self._main_t, self._local_t)
         if not isinstance(buf, np.ndarray):
             buf = np.frombuffer(buf, dtype=np.uint8)
-        return K.match_wire(buf, start, self._labels, self._k0, self._k1, np.uint64(policy),
+        return K.match_wire(buf, start, self._labels, self._scratch, self._k0, self._k1, np.uint64(policy),
                             self._row, self._main_t, self._local_t)
 
     @property
@@ -164,7 +165,7 @@ class DomainMatcher:
             except BadNameError:
                 rows[i, K.R_STATUS] = K.ST_MALFORMED
                 continue
-            K.match_wire(wire, 0, self._labels, self._k0, self._k1, pm, rows[i],
+            K.match_wire(wire, 0, self._labels, self._scratch, self._k0, self._k1, pm, rows[i],
                          self._main_t, self._local_t)
         return BatchResult(rows)
 

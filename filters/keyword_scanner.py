@@ -45,10 +45,13 @@ __all__ = [
 KEYWORD_FORMAT_VERSION = 1
 
 # Upper bound on states x byte classes of the DFA, checked before anything is allocated.
-# 2**26 int32 cells is 256 MiB: far above a real keyword list (10k URL fragments build
-# ~60k states x ~40 classes = 2.4M cells, ~10 MiB) yet small enough to stay loadable on a
-# 1-2 GiB Pi, and it keeps pre-multiplied row offsets well inside int32.
+# 2**26 cells is 256 MiB as int32: far above a real keyword list (5k UT1-derived keywords
+# build ~30k states x ~40 classes = 1.2M cells, 2.4 MiB as uint16) yet small enough to stay
+# loadable on a 1-2 GiB Pi, and it keeps every cell index well inside int32.
 MAX_DFA_CELLS = 2**26
+
+# States fit uint16 transitions up to this count; larger automata use int32.
+_U16_STATES = 2**16
 
 # version, n_classes, n_states, acc0 (first accepting state), n_patterns, longest pattern
 _HEADER_LEN = 6
@@ -57,7 +60,7 @@ _HEADER_LEN = 6
 _ARRAYS: tuple[tuple[str, type], ...] = (
     ("kw_header", np.int64),
     ("kw_cmap", np.int32),
-    ("kw_delta", np.int32),
+    ("kw_delta", np.int32),  # or uint16 when n_states <= 65536
     ("kw_acc_mask", np.uint64),
     ("kw_acc_own", np.int32),
     ("kw_acc_dict", np.int32),
@@ -73,7 +76,7 @@ class KeywordTable:
 
     header: np.ndarray  # int64[6]: see _HEADER_LEN
     cmap: np.ndarray  # int32[256]: byte -> class (ASCII case-folded)
-    delta: np.ndarray  # int32[n_states * n_classes]: next state's row offset
+    delta: np.ndarray  # uint16 or int32 [n_states * n_classes]: next state
     acc_mask: np.ndarray  # uint64[n_accepting]: OR of masks of patterns ending there
     acc_own: np.ndarray  # int32[n_accepting]: pattern ending exactly there, or -1
     acc_dict: np.ndarray  # int32[n_accepting]: next accepting state with an own pattern
@@ -128,7 +131,9 @@ class KeywordTable:
             a = arrays.get(name)
             if a is None:
                 raise BundleError(f"keyword table: missing array {name}")
-            if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != 1:
+            ok = isinstance(a, np.ndarray) and (
+                a.dtype == dtype or (name == "kw_delta" and a.dtype == np.uint16))
+            if not ok or a.ndim != 1:
                 raise BundleError(
                     f"keyword table: {name} must be a 1-D {np.dtype(dtype).name} array, got "
                     f"{getattr(a, 'dtype', type(a).__name__)} with shape {getattr(a, 'shape', '?')}"
@@ -146,6 +151,8 @@ class KeywordTable:
             raise BundleError(f"keyword table: inconsistent header {h.tolist()!r}")
         if n * k > MAX_DFA_CELLS:
             raise BundleError(f"keyword table: {n} states x {k} classes exceeds MAX_DFA_CELLS")
+        if table.delta.dtype == np.uint16 and n > _U16_STATES:
+            raise BundleError(f"keyword table: {n} states do not fit uint16 transitions")
         sizes = {
             "kw_cmap": (len(table.cmap), 256),
             "kw_delta": (len(table.delta), n * k),
@@ -173,7 +180,7 @@ class KeywordTable:
         """
         k, n, acc0 = self.n_classes, self.n_states, self.acc0
         d = self.delta
-        if len(d) and (int(d.min()) < 0 or int(d.max()) >= n * k or np.any(d % k)):
+        if len(d) and (int(d.min()) < 0 or int(d.max()) >= n):
             raise BundleError("keyword table: transition out of range")
         n_acc = n - acc0
         npat = self.n_patterns
@@ -258,6 +265,8 @@ def build_keyword_table(patterns: Sequence[tuple[str | bytes, int]]) -> KeywordT
     term = term[:n_states]
     delta, acc0, acc_mask, acc_own, acc_dict = _k.build_dfa(goto, term, n_states, n_classes,
                                                             pmask)
+    if n_states <= _U16_STATES:
+        delta = delta.astype(np.uint16)
     max_len = max(map(len, folded), default=0)
     header = np.array([KEYWORD_FORMAT_VERSION, n_classes, n_states, acc0, len(folded), max_len],
                       dtype=np.int64)
@@ -284,9 +293,11 @@ class KeywordScanner:
         # OR of every pattern's mask: once a text has reached it, nothing can add to it.
         full = np.bitwise_or.reduce(table.pat_mask) if table.n_patterns else np.uint64(0)
         self._full_mask = np.uint64(full)
-        k = table.n_classes
-        self._args = (table.cmap, table.delta, table.acc0 * k, k, table.acc_mask,
-                      table.acc_own, table.acc_dict, self._full_mask, table.max_len)
+        # np.int64 scalars: keeps uint16 state arithmetic 64-bit when the kernels run as
+        # plain Python (NUMBA_DISABLE_JIT); compiled code sees plain int64 either way.
+        self._args = (table.cmap, table.delta, np.int64(table.acc0), np.int64(table.n_classes),
+                      table.acc_mask, table.acc_own, table.acc_dict, self._full_mask,
+                      np.int64(table.max_len))
 
     @classmethod
     def from_patterns(cls, patterns: Sequence[tuple[str | bytes, int]]) -> KeywordScanner:

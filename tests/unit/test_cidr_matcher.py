@@ -240,9 +240,11 @@ def cidr_sets(draw: st.DrawFn, bits: int) -> list[Net]:
 
 def probes(nets: Sequence[Net], rnd: random.Random, bits: int) -> list[int]:
     """First and last address of every CIDR and their neighbours, the ends of the space,
-    and a few random addresses."""
+    the v4 index's bucket edges (for up to 2**4 buckets) and a few random addresses."""
     top = 2**bits - 1
     out = {0, 1, top - 1, top}
+    if bits == 32:
+        out.update(x for b in range(1, 16) for x in ((b << 28) - 1, b << 28))
     for n in nets:
         first, last = int(n.network_address), int(n.broadcast_address)
         out.update(x for x in (first - 1, first, first + 1, last - 1, last, last + 1)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from filters import _scan_kernels
+from filters import _scan_kernels, keyword_scanner
 from filters.errors import BundleError, InputError
 from filters.keyword_scanner import (
     KeywordScanner,
@@ -119,6 +119,19 @@ def test_non_ascii_is_not_folded():
     sc = KeywordScanner.from_patterns([("é", 1)])
     assert sc.scan("É") == (0, -1)
     assert sc.scan("café") == (1, 0)
+
+
+def test_int32_transitions(monkeypatch):
+    """Automata over 65536 states store int32 transitions; force that path on a small set."""
+    monkeypatch.setattr(keyword_scanner, "_U16_STATES", 0)
+    rng = random.Random(7)
+    pats = [(bytes(rng.choice(b"abcAB") for _ in range(rng.randint(1, 6))), rng.randrange(8))
+            for _ in range(40)]
+    texts = [bytes(rng.choice(b"abcABx") for _ in range(rng.randint(0, 60))) for _ in range(30)]
+    texts.append(bytes(rng.choice(b"abcAB") for _ in range(_scan_kernels.SPLIT_MIN + 17)))
+    sc = check_all(pats, texts)
+    assert sc.table.delta.dtype == np.int32
+    KeywordTable.from_arrays(sc.table.arrays()).check_values()
 
 
 def test_no_patterns():
@@ -261,11 +274,11 @@ def test_from_arrays_rejects(mutate):
         KeywordTable.from_arrays(arrays)
 
 
-@pytest.mark.parametrize("name,value", [("kw_delta", 10**6), ("kw_delta", 1),
-                                        ("kw_acc_own", 99), ("kw_acc_dict", 50)])
+@pytest.mark.parametrize("name,value", [("kw_delta", 1000), ("kw_acc_own", 99),
+                                        ("kw_acc_dict", 50), ("kw_header", 1)])
 def test_check_values_catches_corruption(name, value):
     arrays = {k: v.copy() for k, v in _arrays().items()}
-    arrays[name][0] = value
+    arrays[name][-1 if name == "kw_header" else 0] = value  # header[-1]: longest pattern
     table = KeywordTable.from_arrays(arrays)
     with pytest.raises(BundleError):
         table.check_values()
