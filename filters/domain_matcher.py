@@ -98,12 +98,11 @@ class DomainMatcher:
         self._wire_entry = self._resolve_wire_entry()
 
     def _resolve_wire_entry(self):
-        """The compiled match_wire for a read-only uint8 buffer (what np.frombuffer gives
-        for bytes). Calling it directly skips numba's per-call type dispatch, which is
-        ~0.7 µs of a ~1.5 µs lookup; match_wire only uses it for exactly these types."""
-        probe = np.frombuffer(b"\x00", dtype=np.uint8)
-        args = (probe, 0, self._labels, self._scratch, self._k0, self._k1, np.uint64(0), self._row,
-                self._main_t, self._local_t)
+        """The compiled match_wire for a ``bytes`` buffer (numba reads bytes objects in
+        place, read-only). Calling it directly skips numba's per-call type dispatch, ~0.7 µs
+        of a ~1.5 µs lookup; match_wire uses it only for exactly these argument types."""
+        args = (b"\x00", 0, self._labels, self._scratch, self._k0, self._k1, np.uint64(0),
+                self._row, self._main_t, self._local_t)
         K.match_wire(*args)
         sig = tuple(numba.typeof(a) for a in args)
         return K.match_wire.overloads[sig].entry_point
@@ -129,14 +128,13 @@ class DomainMatcher:
     def match_wire(self, buf: bytes | np.ndarray, start: int, policy: np.uint64) -> int:
         """Hot path: look up the wire QNAME at ``buf[start]`` without building a string.
         Returns ST_BLOCK, ST_ALLOW or ST_MALFORMED; details stay in :attr:`last_row`."""
-        if type(buf) is bytes:
-            return self._wire_entry(np.frombuffer(buf, dtype=np.uint8), start, self._labels,
-                                    self._scratch, self._k0, self._k1, np.uint64(policy), self._row,
-                                    self._main_t, self._local_t)
-        if not isinstance(buf, np.ndarray):
+        if type(buf) is bytes and type(policy) is np.uint64:
+            return self._wire_entry(buf, start, self._labels, self._scratch, self._k0, self._k1,
+                                    policy, self._row, self._main_t, self._local_t)
+        if not isinstance(buf, (bytes, np.ndarray)):
             buf = np.frombuffer(buf, dtype=np.uint8)
-        return K.match_wire(buf, start, self._labels, self._scratch, self._k0, self._k1, np.uint64(policy),
-                            self._row, self._main_t, self._local_t)
+        return K.match_wire(buf, start, self._labels, self._scratch, self._k0, self._k1,
+                            np.uint64(policy), self._row, self._main_t, self._local_t)
 
     @property
     def last_row(self) -> np.ndarray:

@@ -134,10 +134,10 @@ class KeywordTable:
             ok = isinstance(a, np.ndarray) and (
                 a.dtype == dtype or (name == "kw_delta" and a.dtype == np.uint16))
             if not ok or a.ndim != 1:
-                raise BundleError(
-                    f"keyword table: {name} must be a 1-D {np.dtype(dtype).name} array, got "
-                    f"{getattr(a, 'dtype', type(a).__name__)} with shape {getattr(a, 'shape', '?')}"
-                )
+                want = "uint16 or int32" if name == "kw_delta" else np.dtype(dtype).name
+                have = getattr(a, "dtype", type(a).__name__)
+                raise BundleError(f"keyword table: {name} must be a 1-D {want} array, got "
+                                  f"{have} with shape {getattr(a, 'shape', '?')}")
             if not a.flags.c_contiguous:
                 raise BundleError(f"keyword table: {name} is not contiguous")
             got.append(a)

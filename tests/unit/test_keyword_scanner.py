@@ -48,7 +48,8 @@ def check_all(patterns, texts):
 # A tiny alphabet makes overlaps (prefix, suffix, substring patterns) the common case;
 # upper-case letters and bytes >= 0x80 exercise folding and the non-ASCII path.
 ALPHABET = b"abAB\x80\xff-"
-tokens = st.binary(min_size=0, max_size=12).map(lambda b: bytes(ALPHABET[x % len(ALPHABET)] for x in b))
+tokens = st.binary(min_size=0, max_size=12).map(
+    lambda b: bytes(ALPHABET[x % len(ALPHABET)] for x in b))
 masks = st.one_of(st.integers(0, 7), st.integers(0, 2**64 - 1))  # small: early-exit paths
 
 
@@ -76,6 +77,20 @@ def pattern_sets(draw):
 def test_matches_reference(case):
     pats, texts = case
     check_all(pats, texts + [b""])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_long_texts_match_reference(data):
+    """Texts long enough to be scanned as LANES overlapping segments."""
+    rnd = random.Random(data.draw(st.integers(0, 2**32)))  # the text itself is not shrunk
+    n = data.draw(st.integers(_scan_kernels.SPLIT_MIN, 3 * _scan_kernels.SPLIT_MIN))
+    text = bytes(rnd.choice(b"aAb\x80") for _ in range(n))
+    pats = []
+    for _ in range(data.draw(st.integers(1, 8))):
+        i = data.draw(st.integers(0, n - 1))
+        pats.append((text[i : i + data.draw(st.integers(1, 40))], data.draw(masks)))
+    check_all(pats, [text, text[: n // 2], b"", text[1:]])
 
 
 @settings(max_examples=100, deadline=None)
@@ -272,6 +287,78 @@ def test_from_arrays_rejects(mutate):
     mutate(arrays)
     with pytest.raises(BundleError):
         KeywordTable.from_arrays(arrays)
+
+
+def _fake(n_states, n_classes, acc0, delta_dtype=np.uint16, n_patterns=0):
+    """Arrays with consistent sizes for a made-up header (for the header checks)."""
+    n_acc = n_states - acc0
+    return {
+        "kw_header": np.array([1, n_classes, n_states, acc0, n_patterns, 0], dtype=np.int64),
+        "kw_cmap": np.zeros(256, dtype=np.int32),
+        "kw_delta": np.zeros(n_states * n_classes, dtype=delta_dtype),
+        "kw_acc_mask": np.zeros(max(n_acc, 0), dtype=np.uint64),
+        "kw_acc_own": np.zeros(max(n_acc, 0), dtype=np.int32),
+        "kw_acc_dict": np.zeros(max(n_acc, 0), dtype=np.int32),
+        "kw_pat_bytes": np.zeros(0, dtype=np.uint8),
+        "kw_pat_offsets": np.zeros(n_patterns + 1, dtype=np.int64),
+        "kw_pat_mask": np.zeros(n_patterns, dtype=np.uint64),
+    }
+
+
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        _fake(4, 0, 1),  # no byte classes
+        _fake(4, 2, 5),  # first accepting state beyond the states
+        _fake(4, 2, 0),  # the root accepting
+        _fake(2**16 + 1, 1, 2**16 + 1),  # too many states for uint16 transitions
+    ],
+)
+def test_from_arrays_rejects_bad_headers(arrays):
+    with pytest.raises(BundleError):
+        KeywordTable.from_arrays(arrays)
+
+
+def test_from_arrays_enforces_the_cell_limit(monkeypatch):
+    arrays = _arrays()
+    monkeypatch.setattr(keyword_scanner, "MAX_DFA_CELLS", 10)
+    with pytest.raises(BundleError, match="MAX_DFA_CELLS"):
+        KeywordTable.from_arrays(arrays)
+
+
+def test_fake_header_baseline_is_accepted():
+    table = KeywordTable.from_arrays(_fake(2**16 + 1, 1, 2**16 + 1, np.int32))
+    assert len(table) == 0 and table.nbytes > 4 * 2**16
+    table.check_values()
+
+
+def test_build_refuses_oversized_sets(monkeypatch):
+    monkeypatch.setattr(keyword_scanner, "MAX_DFA_CELLS", 100)
+    with pytest.raises(InputError, match="too large"):
+        build_keyword_table([("abcdefghijklmnopqrstuvwxyz", 1)])
+
+
+def _corrupt_links(a):
+    own = a["kw_acc_own"]
+    own[own >= 0] = -1  # every accepting state loses its own pattern
+
+
+def _corrupt_chain(a):
+    a["kw_acc_own"][:] = -1
+    a["kw_acc_dict"][:] = -1
+
+
+def _corrupt_offsets(a):
+    a["kw_pat_offsets"][1] = 0  # an empty pattern
+
+
+@pytest.mark.parametrize("corrupt", [_corrupt_links, _corrupt_chain, _corrupt_offsets])
+def test_check_values_catches_broken_structure(corrupt):
+    arrays = {k: v.copy() for k, v in
+              build_keyword_table([("casino", 1), ("sino", 2), ("no", 4)]).arrays().items()}
+    corrupt(arrays)
+    with pytest.raises(BundleError):
+        KeywordTable.from_arrays(arrays).check_values()
 
 
 @pytest.mark.parametrize("name,value", [("kw_delta", 1000), ("kw_acc_own", 99),
