@@ -15,6 +15,8 @@ boundary where they occur, with ``raise ... from``::
     │   │   └── SignatureError       a bundle or metadata whose signature or hash does not verify
     │   └── BadNameError             a name or address that cannot be normalised
     └── EnvironmentFault             our surroundings failed: I/O, downloads, resources
+        └── UpdateError              a bundle update could not be fetched (network, HTTP status,
+                                     too slow, larger than its cap); the last good bundle stays
 
 The filters package sits at the bottom of the layers, so the tree lives here and the other
 packages import it from here.
@@ -34,6 +36,7 @@ __all__ = [
     "SignatureError",
     "BadNameError",
     "EnvironmentFault",
+    "UpdateError",
 ]
 
 
@@ -96,3 +99,10 @@ class BadNameError(InputError, ValueError):
 
 class EnvironmentFault(SchoolgateError):
     """The environment failed us: a file could not be written, a download broke."""
+
+
+class UpdateError(EnvironmentFault):
+    """A download for an update failed: unreachable, HTTP error, too slow or too large.
+
+    Verification failures are not UpdateErrors: a forged or stale repository raises
+    SignatureError, a malformed bundle BundleError (both bad input from outside)."""

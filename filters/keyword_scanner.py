@@ -336,15 +336,30 @@ class KeywordScanner:
         return int(mask), int(first)
 
     def scan_batch(self, texts: Sequence[bytes | str]) -> tuple[np.ndarray, np.ndarray]:
-        """Scan many texts in one kernel call: ``(uint64 masks, int64 first ids)``."""
+        """Scan many texts independently: ``(uint64 masks, int64 first ids)``, one each."""
+        n = len(texts)
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=n)
+        if n and int(lengths.sum()) >= _k.SPLIT_MIN * n:
+            # Few long texts: scan each where it lies (the kernel splits it into lanes)
+            # instead of first copying them all into one buffer; measured ~1.4x on 1 MiB texts.
+            masks = np.zeros(n, dtype=np.uint64)
+            first = np.full(n, -1, dtype=np.int64)
+            for j, text in enumerate(texts):
+                buf = np.frombuffer(_as_bytes(text, "text"), dtype=np.uint8)
+                masks[j], first[j] = _k.scan_range(*self._args, buf, 0, len(buf))
+            return masks, first
         try:
             joined = b"".join(texts)  # type: ignore[arg-type]
-        except TypeError:
+        except TypeError:  # str items
+            joined = None
+        if joined is None or len(joined) != int(lengths.sum()):
+            # str items, or buffers whose len() is not their size in bytes: normalise, so the
+            # offsets handed to the kernel are exact (it does no bounds checks).
             texts = [_as_bytes(t, "text") for t in texts]
             joined = b"".join(texts)
-        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)),
-                  out=offsets[1:])
+            lengths = np.fromiter(map(len, texts), dtype=np.int64, count=n)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
         return self._scan(np.frombuffer(joined, dtype=np.uint8), offsets)
 
     def scan_flat(self, buf: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

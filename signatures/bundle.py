@@ -25,7 +25,7 @@ from filters.cidr_table import CidrTable
 from filters.classes import ClassTable
 from filters.domain_matcher import DomainMatcher
 from filters.domain_table import DomainTable
-from filters.errors import BundleError, EnvironmentFault, SignatureError, Where
+from filters.errors import BadNameError, BundleError, EnvironmentFault, SignatureError, Where
 from filters.keyword_scanner import KeywordScanner, KeywordTable
 
 __all__ = ["MANIFEST", "Bundle", "write_bundle", "open_bundle", "file_digest"]
@@ -119,8 +119,13 @@ class Bundle:
         except KeyError as exc:
             raise BundleError(f"bundle lacks {exc.args[0]}.npy", Where(str(self.path))) from None
         n = len(ct.mask)
-        if not (len(ct.apex_mask) == len(ct.allow) == n and len(ct.src_offsets) == n + 1):
+        off = ct.src_offsets
+        if not (len(ct.apex_mask) == len(ct.allow) == n and len(off) == n + 1):
             raise BundleError("class arrays disagree on the class count", Where(str(self.path)))
+        if int(off[0]) != 0 or int(off[-1]) != len(ct.src_ids) or bool((off[1:] < off[:-1]).any()):
+            raise BundleError("class_src_offsets is inconsistent", Where(str(self.path)))
+        if len(ct.src_ids) and int(ct.src_ids.max()) >= len(self.manifest["source_labels"]):
+            raise BundleError("class_src_ids names a source the manifest lacks", Where(str(self.path)))
         return ct
 
     def domain_matcher(self) -> DomainMatcher:
@@ -131,14 +136,57 @@ class Bundle:
         return CidrMatcher(CidrTable.from_arrays(self.arrays), self.classes)
 
     def keyword_scanner(self) -> KeywordScanner:
-        return KeywordScanner(KeywordTable.from_arrays(self.arrays))
+        table = KeywordTable.from_arrays(self.arrays)
+        table.check_values()  # the scan kernels do not bounds-check; a few ms, once
+        return KeywordScanner(table)
 
-    def verify_files(self) -> None:
-        """Check every file against the manifest's sha256 and size (SignatureError)."""
+    def verify_files(self, exact: bool = False) -> None:
+        """Check every file against the manifest's sha256 and size (SignatureError).
+
+        With ``exact``, the directory must also hold nothing but those files and the
+        manifest: an unpacked download may not smuggle in files the manifest does not vouch for.
+        """
         for fname, meta in self.manifest["files"].items():
             p = self.path / fname
             if p.stat().st_size != meta["size"] or file_digest(p) != meta["sha256"]:
                 raise SignatureError("file does not match the manifest's hash", Where(str(p)))
+        if exact:
+            extra = sorted({p.name for p in self.path.iterdir()} - set(self.manifest["files"]) - {MANIFEST})
+            if extra:
+                raise BundleError(f"files not listed in the manifest: {', '.join(extra)}", Where(str(self.path)))
+
+    def self_test(self, require_block_canary: bool = True) -> None:
+        """Map every table and check the manifest's canaries (BundleError on a failure).
+
+        Canary names must come out as declared under a policy that blocks every category.
+        A bundle with no block canary cannot show that it blocks anything (an empty or
+        mis-built bundle would pass), so by default it is refused.
+        """
+        from filters.catalog import ALL_CATEGORIES
+
+        where = Where(str(self.path / MANIFEST))
+        matcher = self.domain_matcher()
+        self.cidr_matcher()
+        self.keyword_scanner()
+        canaries = self.manifest.get("canaries") or {}
+        if not isinstance(canaries, dict) or not all(
+                isinstance(canaries.get(k, []), list) for k in ("block", "allow")):
+            raise BundleError("manifest canaries must be {block: [names], allow: [names]}", where)
+        if require_block_canary and not canaries.get("block"):
+            raise BundleError("manifest has no block canaries, so the bundle cannot be self-tested "
+                              "(add canaries: {block: [...]} to SOURCES.yaml)", where)
+        failed = []
+        for expect in ("block", "allow"):
+            for name in canaries.get(expect, []):
+                try:
+                    blocked = matcher.match(str(name), ALL_CATEGORIES).blocked
+                except BadNameError as exc:
+                    failed.append(f"{name!r}: {exc.reason}")
+                    continue
+                if blocked != (expect == "block"):
+                    failed.append(f"{name} should be {expect}ed")
+        if failed:
+            raise BundleError(f"canary self-test failed: {'; '.join(failed)}", where)
 
 
 def open_bundle(path: str | Path) -> Bundle:

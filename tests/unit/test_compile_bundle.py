@@ -205,3 +205,16 @@ def _edit_manifest(d: Path, **changes) -> None:
     m = json.loads((d / "manifest.json").read_text())
     m.update(changes)
     (d / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("name, corrupt, message", [
+    ("domain_offsets", lambda a: np.concatenate([a[:1], a[-1:] + 5, a[2:]]).astype(a.dtype), "not sorted"),
+    ("class_src_offsets", lambda a: a + 1, "class_src_offsets"),
+    ("class_src_ids", lambda a: a + 1000, "source the manifest lacks"),
+])
+def test_arrays_that_would_index_out_of_bounds_are_refused(tmp_path: Path, name, corrupt, message) -> None:
+    c = compile_sources(load_sources(_write_sources(tmp_path)), now=NOW, new_key=_key)
+    c.arrays[name] = corrupt(np.asarray(c.arrays[name]))
+    out = write_bundle(tmp_path / "bundle", c.arrays, c.manifest)
+    with pytest.raises(BundleError, match=message):
+        open_bundle(out).domain_matcher()

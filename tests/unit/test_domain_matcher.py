@@ -32,7 +32,7 @@ from filters.names import name_to_wire, normalise_domain
 from tests.reference import DomainAnswer, DomainEntry, reference_domain_match
 
 PURE_PYTHON = bool(numba.config.DISABLE_JIT)
-EXAMPLES = int(os.environ.get("SCHOOLGATE_HYPOTHESIS_EXAMPLES", 40 if PURE_PYTHON else 400))
+EXAMPLES = int(os.environ.get("SCHOOLGATE_HYPOTHESIS_EXAMPLES", 100 if PURE_PYTHON else 400))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -190,11 +190,11 @@ def check_all_paths(world: World, m: DomainMatcher, queries: Sequence[str], poli
     res = m.match_batch(spelled, policy)
     assert res.rows.shape == (len(queries), K.RESULT_WIDTH)
     assert not res.malformed.any()
+    blocked, cats = res.blocked.tolist(), res.categories.tolist()
     for i, q in enumerate(queries):
         check_verdict(world, m.explain(q, res.rows[i]), q, policy)
         ref = world.reference(q, policy)
-        assert bool(res.blocked[i]) == ref.blocked
-        assert int(res.categories[i]) == ref.categories
+        assert (blocked[i], cats[i]) == (ref.blocked, ref.categories)
 
     # match_wire(): 0x20-encoded wire names at an offset in a larger buffer
     pm = m.policy_mask(policy)
@@ -453,6 +453,22 @@ def test_wire_start_past_the_end() -> None:
         assert m.match_wire(buf, start, m.policy_mask(ALL)) == K.ST_MALFORMED
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: match_wire does not check start >= 0; the "
+                   "kernel indexes buf[start] with Python-style wraparound (start=-5 looks up "
+                   "the name at len-5) and reads out of bounds for start < -len(buf)")
+@pytest.mark.parametrize("as_array", [False, True])
+def test_wire_negative_start(as_array: bool) -> None:
+    w, m = simple([("com", 0)])
+    buf = b"\x03com\x00"
+    data = np.frombuffer(buf, np.uint8) if as_array else buf
+    for start in (-1, -5):
+        try:
+            status = m.match_wire(data, start, m.policy_mask(ALL))
+        except (ValueError, IndexError):
+            continue
+        assert status == K.ST_MALFORMED, start
+
+
 def test_wire_root_name() -> None:
     w, m = simple([("com", 0)])
     assert m.match_wire(b"\x00", 0, m.policy_mask(ALL)) == K.ST_ALLOW
@@ -648,10 +664,12 @@ def _read_list(fmt: str, path: Path):
         return get_format(fmt).parse(f, str(path))
 
 
-@pytest.mark.slow
 def test_real_lists_against_a_suffix_set(shared_data: Path) -> None:
     """StevenBlack + UT1 gambling + UT1 doh, every listed name, 20k names below them and
-    20k names that extend them without a label boundary, against a set of suffixes."""
+    20k names that extend them without a label boundary, against a set of suffixes.
+    (~1 s with the JIT: not marked slow.)"""
+    if PURE_PYTHON:
+        pytest.skip("160k lookups through pure-Python kernels: the JIT run covers this")
     t0 = time.perf_counter()
     lists = shared_data / "lists"
     parsed = [
@@ -697,17 +715,18 @@ def test_real_lists_against_a_suffix_set(shared_data: Path) -> None:
     queries = listed + subs + glued
     res = m.match_batch(queries, ALL)
     assert not res.malformed.any()
+    blocked = res.blocked.tolist()  # (a property: computed on each access)
+    rows = res.rows.tolist()
     bad = []
     for i, q in enumerate(queries):
         union, depth = ref(q)
-        row = res.rows[i]
-        if (bool(res.blocked[i]), int(row[K.R_UNION]), int(row[K.R_BLOCK_DEPTH])) != (
+        if (blocked[i], rows[i][K.R_UNION], rows[i][K.R_BLOCK_DEPTH]) != (
                 union != 0, union, depth):
             bad.append(q)
     assert bad == [], f"{len(bad)} disagreements, e.g. {bad[:5]}"
     # every listed full name is blocked; "x" + name is blocked only through a real suffix
-    assert all(res.blocked[: len(listed)][[n in full for n in listed]])
-    n_glued_blocked = int(res.blocked[-20_000:].sum())
+    assert all(b for b, n in zip(blocked, listed) if n in full)
+    n_glued_blocked = sum(blocked[-20_000:])
     assert n_glued_blocked < 20_000  # most glued names share no listed suffix
     # the single-name paths on a sample, with the verdict's rule
     for q in rnd.sample(queries, 2_000):

@@ -218,6 +218,22 @@ def test_bad_patterns_rejected(bad):
         build_keyword_table(bad)
 
 
+def test_scan_batch_input_kinds():
+    """str items, bytearrays and buffers whose len() is not their byte size all work, on
+    both the joined path (short texts) and the per-text path (long ones)."""
+    import array
+
+    sc = KeywordScanner.from_patterns([("bet", 1), ("\x00\x00", 2)])
+    wide = memoryview(array.array("I", [0x00746562, 7]))  # b"bet\x00\x07\x00\x00\x00"
+    assert len(wide) == 2 and wide.nbytes == 8
+    texts = ["BET", bytearray(b"xbet"), wide, b""]
+    m, f = sc.scan_batch(texts)
+    assert m.tolist() == [1, 1, 3, 0] and f.tolist() == [0, 0, 0, -1]
+    long_texts = [t * _scan_kernels.SPLIT_MIN for t in (b"a", b"abet")] + ["x" * 9000]
+    m, f = sc.scan_batch(long_texts)
+    assert m.tolist() == [0, 1, 0] and f.tolist() == [-1, 0, -1]
+
+
 def test_scan_flat_and_its_validation():
     sc = KeywordScanner.from_patterns([("bet", 1)])
     buf = np.frombuffer(b"xbetyBET", dtype=np.uint8)

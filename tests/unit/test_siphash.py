@@ -28,7 +28,7 @@ from tests.reference import siphash, siphash128_words, suffix_message
 
 # Pure-Python kernels (NUMBA_DISABLE_JIT=1, tests/unit/test_nojit.py) are ~1000x slower.
 PURE_PYTHON = bool(numba.config.DISABLE_JIT)
-EXAMPLES = int(os.environ.get("SCHOOLGATE_HYPOTHESIS_EXAMPLES", 50 if PURE_PYTHON else 500))
+EXAMPLES = int(os.environ.get("SCHOOLGATE_HYPOTHESIS_EXAMPLES", 100 if PURE_PYTHON else 500))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
