@@ -35,21 +35,24 @@ D_ROUNDS = 3
 MAX_LABELS = 127
 MAX_WIRE_LENGTH = 255
 
-# Result layout of one lookup (a row of a uint64 array).
+# Result layout of one lookup (a row of a uint64 array). Class fields hold class id + 1,
+# 0 meaning none; both tables are recorded because a name in the bundle and in the local
+# lists at the same depth decides through both, and "why" names both.
 R_STATUS = 0  # one of the ST_* codes
 R_UNION = 1  # OR of the category masks of every matching entry
 R_BLOCK_DEPTH = 2  # labels in the longest matching suffix whose categories meet the policy
-R_BLOCK_CLS = 3  # its class id; its table in R_FLAGS bit 0 (1 = local overlay)
-R_ALLOW_DEPTH = 4  # labels in the longest matching allow suffix
-R_ALLOW_CLS = 5  # its class id; its table in R_FLAGS bit 1
-R_FLAGS = 6
-R_END = 7  # offset just after the name (wire: after the root label)
-RESULT_WIDTH = 8
+R_BLOCK_CLS = 3  # bundle class + 1 of the entry at that depth, if it blocks
+R_BLOCK_LCLS = 4  # local-overlay class + 1 of the entry at that depth, if it blocks
+R_ALLOW_DEPTH = 5  # labels in the longest matching allow suffix
+R_ALLOW_CLS = 6  # bundle class + 1 of the allow entry at that depth
+R_ALLOW_LCLS = 7  # local-overlay class + 1 of the allow entry at that depth
+R_END = 8  # offset just after the name (wire: after the root label)
+RESULT_WIDTH = 9
 
 ST_ALLOW = 0  # looked up: not blocked
 ST_BLOCK = 1  # looked up: blocked under the policy
 ST_MALFORMED = 2  # not a name we can look up (bad label length, too long, truncated)
-ST_NEEDS_PYTHON = 3  # text input with non-ASCII bytes: must be IDNA-mapped first
+ST_NEEDS_PYTHON = 3  # text with bytes outside letters, digits, '-', '_' and '.': Python decides
 
 
 @njit(cache=True)
@@ -147,7 +150,9 @@ def wire_labels(buf, start, labels):
     (pairs of offset, length). Returns (count, end offset); count -1 if malformed."""
     pos = start
     n = 0
-    limit = len(buf)  # len(), not .shape: buf may be a bytes object
+    limit = len(buf)
+    if start < 0:  # negative indexes would wrap around to the end of the buffer
+        return -1, 0  # len(), not .shape: buf may be a bytes object
     while True:
         if pos >= limit:
             return -1, pos
@@ -171,7 +176,8 @@ def wire_labels(buf, start, labels):
 @njit(cache=True)
 def text_labels(buf, start, stop, labels):
     """Like wire_labels for dotted text in ``buf[start:stop]`` (one trailing dot allowed).
-    Count -1 if malformed, -2 if non-ASCII (needs IDNA mapping in Python)."""
+    Count -1 if malformed, -2 if a byte is not a letter, digit, '-', '_' or '.' (the
+    Python normaliser then maps Unicode, strips spaces or rejects the name)."""
     if stop > start and buf[stop - 1] == 46:  # '.'
         stop -= 1
     n = 0
@@ -179,10 +185,14 @@ def text_labels(buf, start, stop, labels):
     for pos in range(start, stop + 1):
         if pos < stop:
             c = buf[pos]
-            if c >= 128:
-                return -2, stop
-            if c != 46:
+            if c == 46:  # '.'
+                pass
+            elif (c >= 97 and c <= 122) or (c >= 48 and c <= 57) or c == 45 or c == 95 or (c >= 65 and c <= 90):
                 continue
+            else:
+                # Not letter/digit/-/_ : Unicode to map, or spaces, '*', '/' ... that
+                # normalise_domain strips, maps or rejects; Python gives the verdict.
+                return -2, stop
         ln = pos - label_start
         if ln == 0 or ln > 63 or n >= MAX_LABELS:
             return -1, stop
@@ -262,56 +272,51 @@ def _probe_all(scratch, count, table, row):
 
 
 @njit(cache=True, inline="always")
+def _entry(found, apex, policy, c_mask, c_apex, c_allow):
+    """(categories, blocks under policy, allows) of a probe result at one depth."""
+    if not found:
+        return _U(0), False, False
+    c_id = np.int64(found) - 1
+    cm = c_apex[c_id] if apex else c_mask[c_id]
+    return cm, (cm & policy) != _U(0), (c_allow[c_id] & (2 if apex else 1)) != 0
+
+
+@njit(cache=True, inline="always")
 def _decide(n, p, scratch, policy, out, main, local, has_local):
     """Apply DESIGN.md §3 to one name's probe results (columns p .. p+n-1); fill ``out``."""
-    c_mask, c_apex, c_allow = main[5], main[6], main[7]
-    l_mask, l_apex, l_allow = local[5], local[6], local[7]
     union = _U(0)
     block_depth = 0
-    block_cls = 0
+    block_main = _U(0)
+    block_local = _U(0)
     allow_depth = 0
-    allow_cls = 0
-    flags = 0
+    allow_main = _U(0)
+    allow_local = _U(0)
     for depth in range(1, n + 1):
         j = p + depth - 1
         apex = depth == n
-        allow_bit = 2 if apex else 1
-        found = scratch[S_MAIN, j]
-        if found:
-            c_id = np.int64(found) - 1
-            cm = c_apex[c_id] if apex else c_mask[c_id]
-            union |= cm
-            if cm & policy:
-                block_depth = depth
-                block_cls = c_id
-                flags &= 2
-            if c_allow[c_id] & allow_bit:
-                allow_depth = depth
-                allow_cls = c_id
-                flags &= 1
-        if has_local:
-            found = scratch[S_LOCAL, j]
-            if found:
-                c_id = np.int64(found) - 1
-                cm = l_apex[c_id] if apex else l_mask[c_id]
-                union |= cm
-                if cm & policy:
-                    block_depth = depth
-                    block_cls = c_id
-                    flags = (flags & 2) | 1
-                if l_allow[c_id] & allow_bit:
-                    allow_depth = depth
-                    allow_cls = c_id
-                    flags = (flags & 1) | 2
+        fm = scratch[S_MAIN, j]
+        mm, mb, ma = _entry(fm, apex, policy, main[5], main[6], main[7])
+        fl = scratch[S_LOCAL, j] if has_local else _U(0)
+        lm, lb, la = _entry(fl, apex, policy, local[5], local[6], local[7])
+        union |= mm | lm
+        if mb or lb:
+            block_depth = depth
+            block_main = fm if mb else _U(0)
+            block_local = fl if lb else _U(0)
+        if ma or la:
+            allow_depth = depth
+            allow_main = fm if ma else _U(0)
+            allow_local = fl if la else _U(0)
     blocked = block_depth > 0 and allow_depth < block_depth
     status = ST_BLOCK if blocked else ST_ALLOW
     out[R_STATUS] = status
     out[R_UNION] = union
     out[R_BLOCK_DEPTH] = block_depth
-    out[R_BLOCK_CLS] = block_cls
+    out[R_BLOCK_CLS] = block_main
+    out[R_BLOCK_LCLS] = block_local
     out[R_ALLOW_DEPTH] = allow_depth
-    out[R_ALLOW_CLS] = allow_cls
-    out[R_FLAGS] = flags
+    out[R_ALLOW_CLS] = allow_main
+    out[R_ALLOW_LCLS] = allow_local
     return status
 
 

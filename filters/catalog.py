@@ -22,12 +22,25 @@ ALL_CATEGORIES = (1 << 64) - 1
 class Catalog:
     categories: tuple[str, ...]  # bit i is categories[i]
     sources: tuple[str, ...]  # source id -> label shown to admins (category: path)
+    # Each source's role, so "why" names only the lists that decided: its category mask
+    # (0 for allow lists) and whether it is an allow list. Empty when unknown.
+    source_masks: tuple[int, ...] = ()
+    source_allow: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.categories) > MAX_CATEGORIES:
             raise InputError(f"at most {MAX_CATEGORIES} categories, got {len(self.categories)}")
         if LOCAL_CATEGORY in self.categories:
             raise InputError(f"category name {LOCAL_CATEGORY!r} is reserved for local lists")
+
+    def deciding(self, ids: list[int], blocked: bool, policy: int) -> list[str]:
+        """Labels of the sources among ``ids`` that took part in a verdict: for a block,
+        those whose categories the policy blocks; for an allow, the allow lists."""
+        if len(self.source_masks) != len(self.sources):
+            return [self.sources[s] for s in ids]
+        if blocked:
+            return [self.sources[s] for s in ids if self.source_masks[s] & policy]
+        return [self.sources[s] for s in ids if self.source_allow[s]]
 
     def names(self, mask: int) -> list[str]:
         out = [c for i, c in enumerate(self.categories) if mask >> i & 1]

@@ -21,6 +21,7 @@ __all__ = [
     "LOCAL_CATEGORY_BIT",
     "ALLOW_BELOW",
     "ALLOW_APEX",
+    "WILDCARD_ONLY",
     "ClassTable",
     "build_classes",
 ]
@@ -33,6 +34,9 @@ MAX_CATEGORIES = 63
 # Bits of ClassTable.allow.
 ALLOW_BELOW = 1  # an allow entry covering names below the entry's name
 ALLOW_APEX = 2  # an allow entry covering the entry's name itself
+# Set in src_ids for a source that lists only ``*.name``: it is no reason for a verdict on
+# the name itself, so "why" leaves it out for apex matches.
+WILDCARD_ONLY = 1 << 31
 
 
 @dataclass(frozen=True)
@@ -43,13 +47,16 @@ class ClassTable:
     apex_mask: np.ndarray  # uint64: categories for the entry's name itself
     allow: np.ndarray  # uint8: ALLOW_BELOW | ALLOW_APEX
     src_offsets: np.ndarray  # uint32, len C+1: class c's sources are src_ids[off[c]:off[c+1]]
-    src_ids: np.ndarray  # uint32
+    src_ids: np.ndarray  # uint32, WILDCARD_ONLY set for sources that list only *.name
 
     def __len__(self) -> int:
         return len(self.mask)
 
-    def sources(self, cls: int) -> list[int]:
-        return [int(s) for s in self.src_ids[self.src_offsets[cls] : self.src_offsets[cls + 1]]]
+    def sources(self, cls: int, apex: bool = False) -> list[int]:
+        """Source ids of class ``cls``; for a match on the entry's name itself (``apex``)
+        only the sources that list the name, not just ``*.name``."""
+        ids = self.src_ids[self.src_offsets[cls] : self.src_offsets[cls + 1]]
+        return [int(s) & ~WILDCARD_ONLY for s in ids if not (apex and int(s) & WILDCARD_ONLY)]
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -75,13 +82,13 @@ def build_classes(
     for c, key in enumerate(keys):
         m_below = m_apex = 0
         a = 0
-        srcs = set()
+        srcs: dict[int, int] = {}  # source -> WILDCARD_ONLY unless it lists the name itself
         bit = 0
         k = key
         while k:
             if k & 1:
                 s, wildcard = divmod(bit, 2)
-                srcs.add(s)
+                srcs[s] = srcs.get(s, WILDCARD_ONLY) & (WILDCARD_ONLY if wildcard else 0)
                 if source_allow[s]:
                     a |= ALLOW_BELOW if wildcard else ALLOW_BELOW | ALLOW_APEX
                 else:
@@ -93,6 +100,6 @@ def build_classes(
         mask[c] = m_below
         apex[c] = m_apex
         allow[c] = a
-        ids.extend(sorted(srcs))
+        ids.extend(s | flag for s, flag in sorted(srcs.items()))
         offsets[c + 1] = len(ids)
     return ClassTable(mask, apex, allow, offsets, np.asarray(ids, dtype=np.uint32))

@@ -27,6 +27,7 @@ __all__ = ["Verdict", "BatchResult", "DomainMatcher", "LOCAL_SOURCES"]
 LOCAL_SOURCES = ("config: local block list", "config: local allow list")
 _LOCAL_BLOCK, _LOCAL_ALLOW = 0, 1
 _LOCAL_MASK = 1 << LOCAL_CATEGORY_BIT
+_LOCAL_CATALOG = Catalog((), LOCAL_SOURCES, (_LOCAL_MASK, 0), (False, True))
 
 
 @dataclass(frozen=True)
@@ -145,10 +146,11 @@ class DomainMatcher:
     def match(self, name: str, policy: int) -> Verdict:
         """Look up one name (any spelling: case, trailing dot, Unicode)."""
         canonical = normalise_domain(name)
-        status = self.match_wire(name_to_wire(canonical), 0, self.policy_mask(policy))
+        pm = self.policy_mask(policy)
+        status = self.match_wire(name_to_wire(canonical), 0, pm)
         if status == K.ST_MALFORMED:
             raise BadNameError(f"cannot look up {name!r}")
-        return self.explain(canonical, self._row)
+        return self.explain(canonical, self._row, int(pm))
 
     def match_batch(self, names: Sequence[str], policy: int) -> BatchResult:
         """Look up many names in one kernel call. Names with non-ASCII characters are
@@ -176,26 +178,33 @@ class DomainMatcher:
         return BatchResult(rows)
 
     # -- the why -----------------------------------------------------------------------------
-    def explain(self, canonical: str, row: np.ndarray) -> Verdict:
-        """Turn a result row for ``canonical`` into a Verdict with rule and sources."""
+    def explain(self, canonical: str, row: np.ndarray, policy: int) -> Verdict:
+        """Turn a result row for ``canonical`` (looked up under ``policy``) into a Verdict.
+
+        The rule is the deciding suffix: the blocking one, or else the longest allow entry
+        (which answers "why allowed?" even when nothing would have blocked). Its sources
+        are the lists, bundle and local, whose entries at that suffix decided: for a block
+        the lists of categories the policy blocks, for an allow the allow lists."""
         blocked = int(row[K.R_STATUS]) == K.ST_BLOCK
-        flags = int(row[K.R_FLAGS])
-        labels = canonical.split(".")
         if blocked:
-            depth, cls, local = int(row[K.R_BLOCK_DEPTH]), int(row[K.R_BLOCK_CLS]), flags & 1
-        elif int(row[K.R_ALLOW_DEPTH]):
-            depth, cls, local = int(row[K.R_ALLOW_DEPTH]), int(row[K.R_ALLOW_CLS]), flags >> 1 & 1
+            depth, main, local = (int(row[K.R_BLOCK_DEPTH]), int(row[K.R_BLOCK_CLS]),
+                                  int(row[K.R_BLOCK_LCLS]))
         else:
-            depth = 0
+            depth, main, local = (int(row[K.R_ALLOW_DEPTH]), int(row[K.R_ALLOW_CLS]),
+                                  int(row[K.R_ALLOW_LCLS]))
+        labels = canonical.split(".")
         rule = ".".join(labels[len(labels) - depth:]) if depth else None
-        sources: tuple[str, ...] = ()
-        if depth:
-            if local:
-                sources = tuple(LOCAL_SOURCES[s] for s in self._local[1].sources(cls))
-            else:
-                sources = tuple(self.catalog.sources[s] for s in self.classes.sources(cls))
+        apex = depth == len(labels)
+        sources: list[str] = []
+        policy = int(self.policy_mask(policy))
+        if main:
+            ids = self.classes.sources(main - 1, apex)
+            sources += self.catalog.deciding(ids, blocked, policy)
+        if local:
+            ids = self._local[1].sources(local - 1, apex)
+            sources += _LOCAL_CATALOG.deciding(ids, blocked, policy)
         cats = tuple(self.catalog.names(int(row[K.R_UNION])))
-        return Verdict(canonical, blocked, cats, rule, sources)
+        return Verdict(canonical, blocked, cats, rule, tuple(sources))
 
     @property
     def nbytes(self) -> int:

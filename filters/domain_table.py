@@ -10,18 +10,19 @@ Layout (all flat arrays, mmap-able):
 
 An entry is found by hashing the name (see _domain_kernels.py) to 128 bits (h0, h1): the
 top ``bits`` of h1 select the bucket and h0 must equal a stored fingerprint. Buckets hold
-2-4 entries on average (bits = bit length of N/4), so a probe reads one or two cache lines.
+2.5-5 entries on average (bits = bit length of N/5), so a probe reads one or two cache lines.
 
 **False positives.** A name that is not in the table matches only if its bucket holds an
 entry with an equal 64-bit fingerprint. With at most ~4 entries per bucket on average and a
-keyed PRF, the chance for one suffix probe is <= 4 * 2**-64 ~= 2.2e-19, whatever N is; a
-lookup probes one suffix per label (at most 127), so < 2.8e-17 per lookup, far below 1e-12
+keyed PRF the query's bucket is uniformly random, so one suffix probe compares against
+N / 2**bits <= 5 fingerprints on average: <= 5 * 2**-64 ~= 2.7e-19, whatever N is; a
+lookup probes one suffix per label (at most 127), so < 3.5e-17 per lookup, far below 1e-12
 at 10 M entries. Without the key an adversary cannot aim a chosen name at an entry; with
 the key (it ships in the bundle) a targeted collision still costs ~2**(64+bits) hash
 evaluations. Collisions between entries are detected at build time and the table is
 rebuilt with another key.
 
-**Size.** 8 (fingerprint) + 2 (class) + 4 * 2**bits / N (offsets, 0.5-1 byte) ≈ 10.5-11 B
+**Size.** 8 (fingerprint) + 2 (class) + 4 * 2**bits / N (offsets, 0.8-1.6 B) ≈ 10.8-11.6 B
 per entry, against ~9 B for Blocky's hash set and 99 B/domain measured for dnsmasq.
 """
 
@@ -44,8 +45,9 @@ __all__ = [
     "pack_names",
 ]
 
-# Identifies SipHash-2-4-128 over reversed wire labels; a bundle with another id is refused.
-HASH_SCHEME = 1  # SipHash-1-3-128, reversed wire labels, bucket = top bits of h1
+# Identifies the hashing: SipHash-1-3-128 over reversed wire labels, bucket = top bits of
+# h1, fingerprint = h0. A bundle with another id is refused.
+HASH_SCHEME = 1
 
 
 class KeyCollision(Exception):
@@ -54,7 +56,8 @@ class KeyCollision(Exception):
 
 def bucket_bits_for(n: int) -> int:
     # At least one bit: the kernel shifts by 64 - bits, and a 64-bit shift is undefined.
-    return max(1, (n // 4).bit_length())
+    # 2**bits lies in (N/5, 2N/5]: 2.5-5 entries a bucket, offsets <= 1.6 B per entry.
+    return max(1, (n // 5).bit_length())
 
 
 @dataclass(frozen=True)
@@ -152,8 +155,9 @@ def build_domain_table(
 ) -> DomainTable:
     """Compile distinct canonical names with their class ids under a 128-bit ``key``.
 
-    Raises :class:`KeyCollision` (rebuild with another key) when two names collide and
-    :class:`InputError` for a name that is not canonical."""
+    Raises :class:`KeyCollision` (rebuild with another key) when two names collide,
+    :class:`ValueError` when a name is given twice (merge sources first: DomainSetBuilder)
+    and :class:`InputError` for a name with an empty or over-long label."""
     n = len(names)
     class_ids = np.asarray(class_ids)
     if class_ids.shape != (n,):
@@ -166,7 +170,7 @@ def build_domain_table(
     K.hash_names(buf, starts, stops, k0, k1, h0, h1, depth)
     if n and depth.min() == 0:
         bad = names[int(np.argmin(depth))]
-        raise InputError(f"not a canonical domain name: {bad!r}")
+        raise InputError(f"not a domain name (empty or over-long label): {bad!r}")
     bits = bucket_bits_for(n)
     bucket = h1 >> np.uint64(64 - bits)
     order = np.lexsort((h0, bucket))
@@ -175,6 +179,10 @@ def build_domain_table(
     if n > 1:
         same = (bucket[1:] == bucket[:-1]) & (fps[1:] == fps[:-1])
         if same.any():
+            i = int(np.argmax(same))
+            a, b = names[int(order[i])], names[int(order[i + 1])]
+            if a.lower().rstrip(".") == b.lower().rstrip("."):
+                raise ValueError(f"name given twice: {a!r} and {b!r}")
             raise KeyCollision("two names share a bucket and fingerprint")
     counts = np.bincount(bucket.astype(np.int64), minlength=1 << bits)
     offsets = np.zeros((1 << bits) + 1, dtype=np.uint32)

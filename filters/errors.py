@@ -13,7 +13,9 @@ boundary where they occur, with ``raise ... from``::
     │   ├── ConfigError              a config or SOURCES.yaml file that cannot be used
     │   ├── BundleError              a bundle that is malformed, incomplete or inconsistent
     │   │   └── SignatureError       a bundle or metadata whose signature or hash does not verify
-    │   └── BadNameError             a name or address that cannot be normalised
+    │   ├── BadNameError             a name or address that cannot be normalised
+    │   └── PacketError              a DNS message that cannot be parsed: answer FORMERR
+    │       └── RuntPacketError      too short for a header, or not a query: drop it silently
     └── EnvironmentFault             our surroundings failed: I/O, downloads, resources
         └── UpdateError              a bundle update could not be fetched (network, HTTP status,
                                      too slow, larger than its cap); the last good bundle stays
@@ -35,6 +37,8 @@ __all__ = [
     "BundleError",
     "SignatureError",
     "BadNameError",
+    "PacketError",
+    "RuntPacketError",
     "EnvironmentFault",
     "UpdateError",
 ]
@@ -95,6 +99,16 @@ class BadNameError(InputError, ValueError):
     def __init__(self, reason: str, where: Where | None = None) -> None:
         super().__init__(reason, where)
         self.reason = reason
+
+
+class PacketError(InputError):
+    """A DNS message from the network that cannot be parsed (the DNS server answers FORMERR,
+    RFC 1035 §4.1.1, when the header can be read)."""
+
+
+class RuntPacketError(PacketError):
+    """A packet that gets no answer at all: shorter than a DNS header (nothing to answer
+    with) or a response sent to us (answering responses invites reflection loops)."""
 
 
 class EnvironmentFault(SchoolgateError):

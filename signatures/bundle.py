@@ -22,7 +22,7 @@ import numpy as np
 from filters.catalog import Catalog
 from filters.cidr_matcher import CidrMatcher
 from filters.cidr_table import CidrTable
-from filters.classes import ClassTable
+from filters.classes import WILDCARD_ONLY, ClassTable
 from filters.domain_matcher import DomainMatcher
 from filters.domain_table import DomainTable
 from filters.errors import BadNameError, BundleError, EnvironmentFault, SignatureError, Where
@@ -109,7 +109,12 @@ class Bundle:
     @cached_property
     def catalog(self) -> Catalog:
         cats = sorted(self.manifest["categories"], key=lambda c: c["id"])
-        return Catalog(tuple(c["name"] for c in cats), tuple(self.manifest["source_labels"]))
+        labels = tuple(self.manifest["source_labels"])
+        masks = tuple(int(m) for m in self.manifest.get("source_masks", ()))
+        allow = tuple(bool(a) for a in self.manifest.get("source_allow", ()))
+        if not (len(masks) == len(allow) == len(labels)):
+            masks, allow = (), ()  # roles unknown: "why" names every listing source
+        return Catalog(tuple(c["name"] for c in cats), labels, masks, allow)
 
     @cached_property
     def classes(self) -> ClassTable:
@@ -124,7 +129,7 @@ class Bundle:
             raise BundleError("class arrays disagree on the class count", Where(str(self.path)))
         if int(off[0]) != 0 or int(off[-1]) != len(ct.src_ids) or bool((off[1:] < off[:-1]).any()):
             raise BundleError("class_src_offsets is inconsistent", Where(str(self.path)))
-        if len(ct.src_ids) and int(ct.src_ids.max()) >= len(self.manifest["source_labels"]):
+        if len(ct.src_ids) and int((ct.src_ids & ~np.uint32(WILDCARD_ONLY)).max()) >= len(self.manifest["source_labels"]):
             raise BundleError("class_src_ids names a source the manifest lacks", Where(str(self.path)))
         return ct
 

@@ -150,7 +150,7 @@ def compile_sources(
     keywords = build_keyword_table(
         [(kw, 1 << bit[c.name]) for c in spec.categories for kw in c.keywords]
     )
-    catalog = Catalog(tuple(categories), tuple(labels))
+    catalog = Catalog(tuple(categories), tuple(labels), tuple(masks), tuple(allow_flags))
 
     arrays: dict[str, np.ndarray] = {}
     arrays.update(domain_table.arrays())
@@ -170,6 +170,8 @@ def compile_sources(
         ],
         "sources": source_meta,
         "source_labels": labels,
+        "source_masks": [str(m) for m in masks],  # decimal strings: JSON readers lose 64-bit ints
+        "source_allow": allow_flags,
         "counts": {
             "domains": len(domain_table),
             "cidrs": len(cidr_table),
