@@ -272,18 +272,13 @@ def _probe_all(scratch, count, table, row):
 
 
 @njit(cache=True, inline="always")
-def _entry(found, apex, policy, c_mask, c_apex, c_allow):
-    """(categories, blocks under policy, allows) of a probe result at one depth."""
-    if not found:
-        return _U(0), False, False
-    c_id = np.int64(found) - 1
-    cm = c_apex[c_id] if apex else c_mask[c_id]
-    return cm, (cm & policy) != _U(0), (c_allow[c_id] & (2 if apex else 1)) != 0
-
-
-@njit(cache=True, inline="always")
 def _decide(n, p, scratch, policy, out, main, local, has_local):
-    """Apply DESIGN.md §3 to one name's probe results (columns p .. p+n-1); fill ``out``."""
+    """Apply DESIGN.md §3 to one name's probe results (columns p .. p+n-1); fill ``out``.
+
+    The two tables' bookkeeping is written out twice on purpose: a helper taking the class
+    arrays measured 2.5x slower (reference counting of array arguments on every probe)."""
+    c_mask, c_apex, c_allow = main[5], main[6], main[7]
+    l_mask, l_apex, l_allow = local[5], local[6], local[7]
     union = _U(0)
     block_depth = 0
     block_main = _U(0)
@@ -294,11 +289,24 @@ def _decide(n, p, scratch, policy, out, main, local, has_local):
     for depth in range(1, n + 1):
         j = p + depth - 1
         apex = depth == n
+        allow_bit = 2 if apex else 1
         fm = scratch[S_MAIN, j]
-        mm, mb, ma = _entry(fm, apex, policy, main[5], main[6], main[7])
         fl = scratch[S_LOCAL, j] if has_local else _U(0)
-        lm, lb, la = _entry(fl, apex, policy, local[5], local[6], local[7])
-        union |= mm | lm
+        if fm == 0 and fl == 0:
+            continue
+        mb = ma = lb = la = False
+        if fm:
+            c_id = np.int64(fm) - 1
+            cm = c_apex[c_id] if apex else c_mask[c_id]
+            union |= cm
+            mb = (cm & policy) != _U(0)
+            ma = (c_allow[c_id] & allow_bit) != 0
+        if fl:
+            c_id = np.int64(fl) - 1
+            cm = l_apex[c_id] if apex else l_mask[c_id]
+            union |= cm
+            lb = (cm & policy) != _U(0)
+            la = (l_allow[c_id] & allow_bit) != 0
         if mb or lb:
             block_depth = depth
             block_main = fm if mb else _U(0)
