@@ -8,19 +8,21 @@ Layout (all flat arrays, mmap-able):
 - ``domain_fps`` uint64[N]: 64-bit fingerprints, sorted within each bucket.
 - ``domain_cls`` uint16[N] (uint32 past 65,535 classes): each entry's class id.
 
-An entry is found by hashing the name (see _domain_kernels.py) to 128 bits (h0, h1): the
-top ``bits`` of h1 select the bucket and h0 must equal a stored fingerprint. Buckets hold
-2.5-5 entries on average (bits = bit length of N/5), so a probe reads one or two cache lines.
+An entry is found by hashing the name (see _domain_kernels.py) to a 64-bit fingerprint
+(keyed SipHash-1-3) and a bucket word: the top ``bits`` of the bucket word select the
+bucket and the fingerprint must equal a stored one. Buckets hold 2.5-5 entries on average
+(bits = bit length of N/5), so a probe reads one or two cache lines.
 
 **False positives.** A name that is not in the table matches only if its bucket holds an
-entry with an equal 64-bit fingerprint. With at most ~4 entries per bucket on average and a
-keyed PRF the query's bucket is uniformly random, so one suffix probe compares against
-N / 2**bits <= 5 fingerprints on average: <= 5 * 2**-64 ~= 2.7e-19, whatever N is; a
-lookup probes one suffix per label (at most 127), so < 3.5e-17 per lookup, far below 1e-12
-at 10 M entries. Without the key an adversary cannot aim a chosen name at an entry; with
-the key (it ships in the bundle) a targeted collision still costs ~2**(64+bits) hash
-evaluations. Collisions between entries are detected at build time and the table is
-rebuilt with another key.
+entry with an equal fingerprint. The fingerprint is a keyed PRF output, so for any bucket
+the chance that one of its entries has the query's fingerprint is (entries in the bucket)
+x 2**-64. Averaged over queries that is N / 2**bits <= 5 entries: <= 5 * 2**-64 ~= 2.7e-19
+per suffix probe, whatever N is; even a bucket 4x fuller than average stays ~1e-18. A
+lookup probes one suffix per label (at most 127): < 3.5e-17 per lookup, far below 1e-12 at
+10 M entries. Without the key an adversary cannot aim a chosen name at an entry; with the
+key (it ships in the bundle) a targeted collision still costs ~2**(64+bits) hash
+evaluations (bucket and fingerprint must both match). Collisions between entries are
+detected at build time and the table is rebuilt with another key.
 
 **Size.** 8 (fingerprint) + 2 (class) + 4 * 2**bits / N (offsets, 0.8-1.6 B) ≈ 10.8-11.6 B
 per entry, against ~9 B for Blocky's hash set and 99 B/domain measured for dnsmasq.
@@ -45,9 +47,10 @@ __all__ = [
     "pack_names",
 ]
 
-# Identifies the hashing: SipHash-1-3-128 over reversed wire labels, bucket = top bits of
-# h1, fingerprint = h0. A bundle with another id is refused.
-HASH_SCHEME = 1
+# Identifies the hashing: fingerprint = SipHash-1-3-64 over reversed wire labels, bucket =
+# top bits of the state mix (_domain_kernels._finish). A bundle with another id is refused.
+# (Scheme 1, SipHash-1-3-128 with the bucket from the second word, was never released.)
+HASH_SCHEME = 2
 
 
 class KeyCollision(Exception):
@@ -153,7 +156,7 @@ def pack_names(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def build_domain_table(
     names: Sequence[str], class_ids: np.ndarray, key: tuple[int, int]
 ) -> DomainTable:
-    """Compile distinct canonical names with their class ids under a 128-bit ``key``.
+    """Compile distinct canonical names with their class ids under a 128-bit SipHash ``key``.
 
     Raises :class:`KeyCollision` (rebuild with another key) when two names collide,
     :class:`ValueError` when a name is given twice (merge sources first: DomainSetBuilder)
@@ -163,19 +166,19 @@ def build_domain_table(
     if class_ids.shape != (n,):
         raise ValueError("one class id per name")
     buf, starts, stops = pack_names(names)
-    h0 = np.empty(n, dtype=np.uint64)
-    h1 = np.empty(n, dtype=np.uint64)
+    fp = np.empty(n, dtype=np.uint64)  # fingerprints
+    mix = np.empty(n, dtype=np.uint64)  # bucket words
     depth = np.empty(n, dtype=np.int64)
     k0, k1 = np.uint64(key[0]), np.uint64(key[1])
-    K.hash_names(buf, starts, stops, k0, k1, h0, h1, depth)
+    K.hash_names(buf, starts, stops, k0, k1, fp, mix, depth)
     if n and depth.min() == 0:
         bad = names[int(np.argmin(depth))]
         raise InputError(f"not a domain name (empty or over-long label): {bad!r}")
     bits = bucket_bits_for(n)
-    bucket = h1 >> np.uint64(64 - bits)
-    order = np.lexsort((h0, bucket))
+    bucket = mix >> np.uint64(64 - bits)
+    order = np.lexsort((fp, bucket))
     bucket = bucket[order]
-    fps = h0[order]
+    fps = fp[order]
     if n > 1:
         same = (bucket[1:] == bucket[:-1]) & (fps[1:] == fps[:-1])
         if same.any():

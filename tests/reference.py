@@ -159,6 +159,35 @@ def siphash128_words(k0: int, k1: int, message: bytes, c: int, d: int) -> tuple[
     return int.from_bytes(out[:8], "little"), int.from_bytes(out[8:], "little")
 
 
+_BUCKET_MIX = 0x9E3779B97F4A7C15
+
+
+def sip_words(k0: int, k1: int, message: bytes, c: int, d: int) -> tuple[int, int]:
+    """What the domain kernels compute for one suffix message: (SipHash-c-d-64 of it, the
+    bucket word). The bucket word is (v1 ^ v3) * 0x9E3779B97F4A7C15 mod 2**64, taken from
+    the state right after the last block (the one carrying the length) is absorbed."""
+    v = [
+        k0 ^ 0x736F6D6570736575,
+        k1 ^ 0x646F72616E646F6D,
+        k0 ^ 0x6C7967656E657261,
+        k1 ^ 0x7465646279746573,
+    ]
+    n = len(message)
+    full = n - n % 8
+    blocks = [int.from_bytes(message[i : i + 8], "little") for i in range(0, full, 8)]
+    blocks.append(int.from_bytes(message[full:], "little") | (n & 0xFF) << 56)
+    for m in blocks:
+        v[3] ^= m
+        for _ in range(c):
+            _sipround(v)
+        v[0] ^= m
+    mix = ((v[1] ^ v[3]) * _BUCKET_MIX) & _M64
+    v[2] ^= 0xFF
+    for _ in range(d):
+        _sipround(v)
+    return v[0] ^ v[1] ^ v[2] ^ v[3], mix
+
+
 def suffix_message(name: str) -> bytes:
     """The bytes a name's hash covers: its labels, lower-cased, in wire form, from the
     right. ``suffix_message("Example.COM") == b"\\x03com\\x07example"``."""

@@ -3,9 +3,10 @@
 1. The pure-Python reference (tests/reference.py) reproduces the published SipHash-2-4
    vectors, 64- and 128-bit (veorq/SipHash ``vectors.h``: key 00..0f, message 00..(n-1)).
 2. The kernels equal the reference at the kernels' own rounds (C_ROUNDS, D_ROUNDS = 1, 3):
-   the plain ``siphash128``, the per-name ``hash_names`` used to build tables, and the
-   incremental suffix hashing of the lookup path. The kernels' code is also instantiated
-   at 2-4 and checked against the published 128-bit vectors directly.
+   ``sip_words`` (fingerprint = SipHash-64, plus the bucket word), the per-name
+   ``hash_names`` used to build tables, and the incremental suffix hashing of the lookup
+   path. The kernels' code is also instantiated at 2-4 and its fingerprint checked against
+   the published 64-bit vectors directly.
 """
 
 from __future__ import annotations
@@ -23,8 +24,14 @@ from filters import _domain_kernels as K
 from filters.catalog import Catalog
 from filters.classes import ClassTable
 from filters.domain_matcher import DomainMatcher
-from filters.domain_table import DomainTable, bucket_bits_for, build_domain_table, pack_names
-from tests.reference import siphash, siphash128_words, suffix_message
+from filters.domain_table import (
+    HASH_SCHEME,
+    DomainTable,
+    bucket_bits_for,
+    build_domain_table,
+    pack_names,
+)
+from tests.reference import sip_words, siphash, siphash128_words, suffix_message
 
 # Pure-Python kernels (NUMBA_DISABLE_JIT=1, tests/unit/test_nojit.py) are ~1000x slower.
 PURE_PYTHON = bool(numba.config.DISABLE_JIT)
@@ -140,22 +147,22 @@ def test_suffix_message_is_reversed_wire_labels() -> None:
 # --- 2. the kernels against the reference ------------------------------------------------
 
 
-def kernel_siphash128(k0: int, k1: int, data: bytes) -> tuple[int, int]:
-    h0, h1 = K.siphash128(np.uint64(k0), np.uint64(k1), np.frombuffer(data, dtype=np.uint8))
-    return int(h0), int(h1)
+def kernel_sip(k0: int, k1: int, data: bytes) -> tuple[int, int]:
+    fp, mix = K.sip_words(np.uint64(k0), np.uint64(k1), np.frombuffer(data, dtype=np.uint8))
+    return int(fp), int(mix)
 
 
 def kernels_at(c: int, d: int):
-    """``siphash128`` rebuilt from the kernels' own code with other round counts. numba
+    """``sip_words`` rebuilt from the kernels' own code with other round counts. numba
     freezes module globals at compile time, so the functions reading C_ROUNDS/D_ROUNDS
     are re-created over a copy of the module namespace and compiled afresh."""
     g = dict(vars(K))
     g["C_ROUNDS"], g["D_ROUNDS"] = c, d
-    for name in ("_finish", "siphash128"):
+    for name in ("_finish", "sip_words"):
         py = getattr(K, name)
         py = getattr(py, "py_func", py)
         g[name] = numba.njit(types.FunctionType(py.__code__, g, name, py.__defaults__))
-    return g["siphash128"]
+    return g["sip_words"]
 
 
 def test_kernel_rounds_are_1_3() -> None:
@@ -166,16 +173,21 @@ def test_kernel_rounds_are_1_3() -> None:
 def test_kernel_code_at_2_4_reproduces_published_vectors() -> None:
     sip = kernels_at(2, 4)
     for n in range(64):
-        h0, h1 = sip(np.uint64(K0), np.uint64(K1), np.frombuffer(bytes(range(n)), np.uint8))
-        got = int(h0).to_bytes(8, "little") + int(h1).to_bytes(8, "little")
-        assert got.hex() == VECTORS_SIP128[n], n
+        fp, _ = sip(np.uint64(K0), np.uint64(K1), np.frombuffer(bytes(range(n)), np.uint8))
+        assert int(fp).to_bytes(8, "little").hex() == VECTORS_SIP64[n], n
+
+
+def test_reference_sip_words_fingerprint_is_plain_siphash64() -> None:
+    key = K0.to_bytes(8, "little") + K1.to_bytes(8, "little")
+    for n in range(64):
+        fp, _ = sip_words(K0, K1, bytes(range(n)), 2, 4)
+        assert fp.to_bytes(8, "little") == siphash(key, bytes(range(n)), 2, 4, 8), n
 
 
 @pytest.mark.parametrize("n", range(0, 64, 7))
 def test_kernel_equals_reference_on_vector_inputs(n: int) -> None:
     msg = bytes(range(n))
-    assert kernel_siphash128(K0, K1, msg) == siphash128_words(K0, K1, msg, K.C_ROUNDS,
-                                                              K.D_ROUNDS)
+    assert kernel_sip(K0, K1, msg) == sip_words(K0, K1, msg, K.C_ROUNDS, K.D_ROUNDS)
 
 
 keys = st.integers(0, 2**64 - 1)
@@ -183,9 +195,8 @@ keys = st.integers(0, 2**64 - 1)
 
 @SETTINGS
 @given(k0=keys, k1=keys, msg=st.binary(max_size=80))
-def test_kernel_siphash128_equals_reference(k0: int, k1: int, msg: bytes) -> None:
-    assert kernel_siphash128(k0, k1, msg) == siphash128_words(k0, k1, msg, K.C_ROUNDS,
-                                                              K.D_ROUNDS)
+def test_kernel_sip_words_equal_reference(k0: int, k1: int, msg: bytes) -> None:
+    assert kernel_sip(k0, k1, msg) == sip_words(k0, k1, msg, K.C_ROUNDS, K.D_ROUNDS)
 
 
 # Labels of every length class that matters for block alignment (1..63 bytes), with the
@@ -211,9 +222,9 @@ def test_hash_names_is_siphash_of_reversed_wire_labels(k0: int, k1: int,
     got, depth = hash_names(names_, k0, k1)
     for name, h, dep in zip(names_, got, depth):
         assert dep == name.count(".") + 1
-        assert h == siphash128_words(k0, k1, suffix_message(name), K.C_ROUNDS, K.D_ROUNDS)
+        assert h == sip_words(k0, k1, suffix_message(name), K.C_ROUNDS, K.D_ROUNDS)
         # also as plain SipHash of the message bytes, case folded by the caller
-        assert h == kernel_siphash128(k0, k1, suffix_message(name.lower()))
+        assert h == kernel_sip(k0, k1, suffix_message(name.lower()))
 
 
 def test_hash_names_trailing_dot_and_malformed() -> None:
@@ -229,8 +240,8 @@ def forged_table(names_: list[str], k0: int, k1: int) -> DomainTable:
     bits = bucket_bits_for(n)
     rows = []
     for i, name in enumerate(names_):
-        h0, h1 = siphash128_words(k0, k1, suffix_message(name), K.C_ROUNDS, K.D_ROUNDS)
-        rows.append((h1 >> (64 - bits), h0, i))
+        fp, mix = sip_words(k0, k1, suffix_message(name), K.C_ROUNDS, K.D_ROUNDS)
+        rows.append((mix >> (64 - bits), fp, i))
     rows.sort()
     offsets = np.zeros((1 << bits) + 1, np.uint32)
     for b, _, _ in rows:
@@ -239,7 +250,7 @@ def forged_table(names_: list[str], k0: int, k1: int) -> DomainTable:
     depths = 0
     for name in names_:
         depths |= 1 << min(name.count("."), 63)
-    params = np.array([k0, k1, bits, 1, depths], np.uint64)
+    params = np.array([k0, k1, bits, HASH_SCHEME, depths], np.uint64)
     return DomainTable(params, offsets, np.array([r[1] for r in rows], np.uint64),
                        np.array([r[2] for r in rows], np.uint16))
 
