@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import sys
 import time
@@ -100,9 +101,126 @@ def _open_matcher(args: argparse.Namespace):
         from appliance.config import load_config
 
         cfg = load_config(args.config)
-        matcher = open_bundle(cfg.bundle_path()).domain_matcher()
+        path = cfg.bundle_path()
+        if cfg.bundle is None and not path.exists():
+            raise InputError(f"no active bundle in {cfg.state_dir} yet: run `schoolgate update --once "
+                             f"--config {args.config}`, or set bundle: in the config")
+        matcher = open_bundle(path).domain_matcher()
         return matcher.with_local(cfg.local_block, cfg.local_allow)
     raise InputError("give --bundle DIR or --config PATH")
+
+
+def _passphrase(args: argparse.Namespace) -> bytes | None:
+    var = getattr(args, "passphrase_env", None)
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise InputError(f"--passphrase-env {var}: the environment variable is unset or empty")
+    return value.encode()
+
+
+def _keyring(args: argparse.Namespace):
+    from signatures.keys import Keyring
+
+    return Keyring(*args.keys, passphrase=_passphrase(args))
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _print_result(args: argparse.Namespace, out: TextIO, err: TextIO, text: str, data: dict) -> int:
+    for w in data.get("warnings", []):
+        print(f"schoolgate: warning: {w}", file=err)
+    print(json.dumps(data) if args.json else text, file=out)
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from signatures.keys import generate_key, generate_keys
+
+    pw = _passphrase(args)
+    keys = [generate_key(args.out, args.role, pw)] if args.role else generate_keys(args.out, pw)
+    rows = [{"name": k.name, "role": k.role, "keyid": k.keyid} for k in keys]
+    text = "\n".join(f"{r['name']}: {r['keyid']}" for r in rows)
+    text += (f"\nwrote {len(rows)} key(s) to {args.out}" + ("" if pw else " (not encrypted: see --passphrase-env)")
+             + ("; keep root-* offline" if not args.role else ""))
+    return _print_result(args, out, err, text, {"keys": rows, "dir": str(args.out), "encrypted": bool(pw)})
+
+
+def _result_json(r) -> dict:
+    return {"version": r.version, "target": r.target_url_path, "length": r.length,
+            "sha256": r.sha256, "metadata_versions": r.versions, "warnings": r.warnings}
+
+
+def cmd_publish(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from signatures.repository import publish
+
+    r = publish(args.repo, args.bundle, _keyring(args), _now())
+    text = (f"published bundle version {r.version} as targets/{r.target_url_path} ({r.length:,} bytes); "
+            f"metadata versions {r.versions}; devices trust {Path(args.repo) / 'metadata' / 'root.json'}")
+    return _print_result(args, out, err, text, _result_json(r))
+
+
+def cmd_refresh(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from signatures.repository import refresh
+
+    r = refresh(args.repo, _keyring(args), _now())
+    text = f"re-signed snapshot and timestamp: metadata versions {r.versions}"
+    return _print_result(args, out, err, text, _result_json(r))
+
+
+def cmd_rotate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from signatures.repository import rotate_keys
+
+    r = rotate_keys(args.repo, _keyring(args), args.role, _now(), add=args.add, revoke=args.revoke,
+                    threshold=args.threshold)
+    text = f"new root version {r.versions['root']} for the {args.role} keys; metadata versions {r.versions}"
+    return _print_result(args, out, err, text, _result_json(r))
+
+
+def cmd_update(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """One update check with --once; otherwise check at the configured interval (± jitter)
+    until interrupted. The scheduler inside `schoolgate run` uses the same update_once."""
+    from appliance.config import load_config
+    from appliance.state import read_update_state
+    from appliance.updater import update_once
+
+    cfg = load_config(args.config)
+    if cfg.updates is None:
+        raise InputError(f"{args.config}: no updates: section (repository, trusted_root)")
+    while True:
+        try:
+            o = update_once(cfg.state_dir, cfg.updates)
+        except SchoolgateError as exc:  # the state dir is unusable, or another update runs
+            if args.once:
+                raise
+            print(f"schoolgate: update skipped: {exc}", file=err, flush=True)
+        else:
+            _report_update(args, o, out, err)
+            if args.once:
+                return 0 if o.ok else 1
+        nxt = read_update_state(cfg.state_dir).get("next_check")
+        wait = float(cfg.updates.interval)
+        if isinstance(nxt, str):
+            wait = max(1.0, (datetime.fromisoformat(nxt) - _now()).total_seconds())
+        time.sleep(wait)
+
+
+def _report_update(args: argparse.Namespace, o, out: TextIO, err: TextIO) -> None:
+    if args.json:
+        print(json.dumps({"result": o.result, "active_version": o.active_version,
+                          "offered_version": o.offered_version, "error": o.error,
+                          "bytes_downloaded": o.bytes_downloaded}), file=out, flush=True)
+    elif o.ok:
+        what = (f"updated to bundle version {o.active_version}" if o.result == "updated"
+                else f"up to date at bundle version {o.active_version}")
+        print(what, file=out, flush=True)
+    if o.error:
+        print(f"schoolgate: update {o.result}: {o.error}"
+              + (f" (bundle version {o.active_version} stays active)" if o.active_version else ""),
+              file=err, flush=True)
 
 
 def cmd_lookup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -152,6 +270,45 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_build)
 
+    def passphrase(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--passphrase-env", metavar="VAR",
+                       help="environment variable holding the private keys' passphrase")
+        p.add_argument("--json", action="store_true")
+
+    kg = sigsub.add_parser("keygen", help="create Ed25519 signing keys (3 root, targets, snapshot, timestamp)")
+    kg.add_argument("--out", required=True, help="keys directory (private keys written with mode 0600)")
+    kg.add_argument("--role", choices=["root", "targets", "snapshot", "timestamp"],
+                    help="add one new key for this role (for rotate-key) instead of a full set")
+    passphrase(kg)
+    kg.set_defaults(func=cmd_keygen)
+
+    def repo_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--repo", required=True, help="TUF repository directory (served as static files)")
+        p.add_argument("--keys", required=True, action="append",
+                       help="keys directory; repeat to combine (e.g. offline root keys on other media)")
+        passphrase(p)
+
+    pb = sigsub.add_parser("publish", help="sign a built bundle into the TUF repository (created on first use)")
+    pb.add_argument("bundle", help="bundle directory from signatures build")
+    repo_args(pb)
+    pb.set_defaults(func=cmd_publish)
+    rf = sigsub.add_parser("refresh", help="re-sign snapshot and timestamp before they expire (cron)")
+    repo_args(rf)
+    rf.set_defaults(func=cmd_refresh)
+    rk = sigsub.add_parser("rotate-key", help="change a role's keys in a new root version")
+    rk.add_argument("--role", required=True, choices=["root", "targets", "snapshot", "timestamp"])
+    rk.add_argument("--add", action="append", default=[], metavar="NAME", help="key to add (e.g. targets-2)")
+    rk.add_argument("--revoke", action="append", default=[], metavar="NAME", help="key to remove")
+    rk.add_argument("--threshold", type=int, help="new signature threshold for the role")
+    repo_args(rk)
+    rk.set_defaults(func=cmd_rotate)
+
+    up = sub.add_parser("update", help="fetch, verify and activate the newest signed bundle")
+    up.add_argument("--config", required=True, help="config file with an updates: section")
+    up.add_argument("--once", action="store_true", help="one check, then exit (0 ok, 1 refused or failed)")
+    up.add_argument("--json", action="store_true")
+    up.set_defaults(func=cmd_update)
+
     lk = sub.add_parser("lookup", help="is a name blocked, and why?")
     src = lk.add_mutually_exclusive_group()
     src.add_argument("--bundle", help="bundle directory")
@@ -160,6 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--json", action="store_true", help="one JSON object per line")
     lk.add_argument("names", nargs="+", help="names to look up, or - to read them from stdin")
     lk.set_defaults(func=cmd_lookup)
+
+    from appliance.run import cmd_check_config, cmd_run
+
+    rn = sub.add_parser("run", help="run the appliance (DNS service); no --config: embedded defaults")
+    rn.add_argument("--config", help="config file (default: config/default.yaml, per-user state dir)")
+    rn.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    rn.set_defaults(func=cmd_run)
+    cc = sub.add_parser("check-config", help="validate a config: exit 0, or 2 with every error")
+    cc.add_argument("path", help="config file")
+    cc.add_argument("--json", action="store_true")
+    cc.set_defaults(func=cmd_check_config)
     return p
 
 

@@ -6,17 +6,32 @@ as a whole, so the running appliance keeps its last good config.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from filters.errors import BadNameError, ConfigError
+from appliance.config_dns import DnsConfig, Network, check_policy_keys, parse_dns, parse_networks
+from filters.errors import BadNameError, ConfigError, Where
 from filters.names import normalise_pattern
 from signatures.yamldoc import YamlDoc, load_yaml
 
-__all__ = ["Policy", "Config", "ConfigErrors", "load_config", "DEFAULT_STATE_DIR"]
+__all__ = ["Policy", "UpdatesConfig", "Config", "ConfigErrors", "load_config", "parse_duration",
+           "DEFAULT_STATE_DIR"]
 
 DEFAULT_STATE_DIR = "/var/lib/schoolgate"
 _TOP_KEYS = {"state_dir", "bundle", "dns", "updates", "web", "policies", "local", "networks"}
+_UPDATE_KEYS = {"repository", "trusted_root", "interval", "timeout", "keep"}
+# Poll no more often than once a minute (the timestamp changes a few times a day at most)
+# and at least weekly (the timestamp expires daily; a device a week behind is already stale).
+MIN_INTERVAL, MAX_INTERVAL, DEFAULT_INTERVAL = 60, 7 * 86400, 3600
+# One whole update run (metadata + bundle): 30 min fetches a 100 MB bundle at ~0.5 Mbit/s,
+# a poor school uplink; past that a stalled download is given up and retried next check.
+DEFAULT_TIMEOUT, MAX_TIMEOUT = 1800, 86400
+# Bundles kept on disk: the active one and two to roll back to by hand.
+DEFAULT_KEEP = 3
+_DURATION = re.compile(r"([0-9]+)\s*(s|m|h|d)?")
+_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class ConfigErrors(ConfigError):
@@ -31,6 +46,17 @@ class ConfigErrors(ConfigError):
 class Policy:
     name: str
     block: tuple[str, ...]  # category names
+    block_mode: str | None = None  # how the DNS server answers blocked names (None: dns.block_mode)
+    where: Where | None = field(default=None, compare=False)  # for errors found later (unknown category)
+
+
+@dataclass(frozen=True)
+class UpdatesConfig:
+    repository: str  # base URL; metadata/ and targets/ below it
+    trusted_root: Path
+    interval: int = DEFAULT_INTERVAL  # seconds
+    timeout: int = DEFAULT_TIMEOUT  # seconds for one whole update run
+    keep: int = DEFAULT_KEEP
 
 
 @dataclass(frozen=True)
@@ -42,10 +68,22 @@ class Config:
     local_block: tuple[str, ...] = ()
     local_allow: tuple[str, ...] = ()
     raw: dict = field(default_factory=dict)
+    updates: UpdatesConfig | None = None
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    networks: tuple[Network, ...] = ()
 
     def bundle_path(self) -> Path:
-        """The bundle to serve: the configured one, else the active one in the state dir."""
-        return self.bundle if self.bundle else self.state_dir / "bundles" / "current"
+        """The bundle to serve: the configured one, else the active one in the state dir.
+
+        The ``current`` pointer is resolved here, once, so the caller opens one bundle
+        even if an update switches the pointer meanwhile. With no active bundle this is
+        the (absent) ``bundles/current`` path itself.
+        """
+        if self.bundle:
+            return self.bundle
+        from appliance.state import BUNDLES, CURRENT, active_bundle_dir
+
+        return active_bundle_dir(self.state_dir) or self.state_dir / BUNDLES / CURRENT
 
 
 def load_config(path: str | Path, text: str | None = None) -> Config:
@@ -73,7 +111,8 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         if not all(isinstance(c, str) for c in cats):
             errors.append(doc.error("categories must be names", "policies", name, "block"))
             continue
-        policies[str(name)] = Policy(str(name), tuple(cats))
+        mode = check_policy_keys(doc, str(name), body, errors)
+        policies[str(name)] = Policy(str(name), tuple(cats), mode, doc.where("policies", name, "block"))
     local = d.get("local", {}) or {}
     lists: dict[str, tuple[str, ...]] = {"block": (), "allow": ()}
     if not isinstance(local, dict):
@@ -92,16 +131,69 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
             except BadNameError as exc:
                 errors.append(doc.error(f"local.{kind}: {exc.reason}: {item!r}", "local", kind, i))
         lists[kind] = tuple(good)
+    updates = _updates(doc, d, base, errors)
+    dns = parse_dns(doc, d, errors)
+    networks = parse_networks(doc, d, set(policies), errors)
     if errors:
         raise ConfigErrors(errors)
-    return Config(doc.file, state_dir, bundle, policies, lists["block"], lists["allow"], d)
+    return Config(doc.file, state_dir, bundle, policies, lists["block"], lists["allow"], d, updates,
+                  dns=dns, networks=networks)
 
 
-def _path(doc: YamlDoc, d: dict, key: str, base: Path, errors: list[ConfigError]) -> Path | None:
+def parse_duration(value: object) -> int | None:
+    """Seconds in ``90``, ``90s``, ``30m``, ``1h``, ``2d``; None if it is not one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    m = _DURATION.fullmatch(str(value).strip()) if isinstance(value, str) else None
+    return int(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+def _updates(doc: YamlDoc, d: dict, base: Path, errors: list[ConfigError]) -> UpdatesConfig | None:
+    u = d.get("updates")
+    if u is None:
+        return None
+    if not isinstance(u, dict):
+        errors.append(doc.error("updates must be {repository: URL, trusted_root: PATH, interval: 1h}", "updates"))
+        return None
+    n = len(errors)
+    for k in u:
+        if k not in _UPDATE_KEYS:
+            errors.append(doc.key_error(f"unknown key updates.{k} (known: {', '.join(sorted(_UPDATE_KEYS))})",
+                                        "updates", k))
+    repo = u.get("repository")
+    parts = urlsplit(repo) if isinstance(repo, str) else None
+    if parts is None or parts.scheme not in ("http", "https", "file") or (
+            parts.scheme != "file" and not parts.hostname) or (parts.scheme == "file" and not parts.path):
+        errors.append(doc.error("updates.repository must be an http://, https:// or file:// URL",
+                                *(("updates", "repository") if "repository" in u else ("updates",))))
+    root = _path(doc, u, "trusted_root", base, errors, ("updates",))
+    if "trusted_root" not in u:
+        errors.append(doc.error("updates needs trusted_root (the root.json to trust)", "updates"))
+    elif root is not None and not root.is_file():
+        errors.append(doc.error(f"trusted root not found: {root}", "updates", "trusted_root"))
+    limits = {"interval": (DEFAULT_INTERVAL, MIN_INTERVAL, MAX_INTERVAL),
+              "timeout": (DEFAULT_TIMEOUT, 1, MAX_TIMEOUT)}
+    got: dict[str, int] = {}
+    for key, (default, lo, hi) in limits.items():
+        secs = parse_duration(u.get(key, default))
+        if secs is None or not lo <= secs <= hi:
+            errors.append(doc.error(f"updates.{key} must be a duration from {lo} s to {hi // 3600} h "
+                                    "(e.g. 90s, 30m, 1h)", "updates", key))
+        got[key] = secs or default
+    keep = u.get("keep", DEFAULT_KEEP)
+    if not isinstance(keep, int) or isinstance(keep, bool) or not 1 <= keep <= 100:
+        errors.append(doc.error("updates.keep must be a whole number from 1 to 100", "updates", "keep"))
+    if len(errors) > n or root is None:
+        return None
+    return UpdatesConfig(str(repo), root, got["interval"], got["timeout"], keep)
+
+
+def _path(doc: YamlDoc, d: dict, key: str, base: Path, errors: list[ConfigError],
+          parent: tuple = ()) -> Path | None:
     v = d.get(key)
     if v is None:
         return None
     if not isinstance(v, str) or not v:
-        errors.append(doc.error(f"{key} must be a path", key))
+        errors.append(doc.error(f"{'.'.join(parent + (key,))} must be a path", *parent, key))
         return None
     return (base / v).resolve()

@@ -1,12 +1,13 @@
 """A bundle as one file: the archive shipped as the TUF target (DESIGN.md §4).
 
 **Format: a plain, uncompressed POSIX tar.** Compression would save little — the bulk of a
-bundle is 64-bit random fingerprints, which do not compress (gzip gains ~20 % on a real
-bundle, mostly on offsets) — and it would cost a decompression stage on the device, the one
-place where a small signed file can turn into a huge one (a "decompression bomb"). In an
-uncompressed tar every member's size is in its header and the archive's own length bounds
-the total, so the caps below are checked before a byte is written. The unpacker refuses
-anything else (gzip, bzip2, xz), even when it is signed.
+bundle is 64-bit random fingerprints, which do not compress (gzip -6 saves 23 % on a 525 k
+domain UT1 bundle: 6.3 → 4.8 MB) — and it would add a decompression stage on the device,
+the one place where a small signed file can turn into a huge one (a "decompression bomb").
+In an uncompressed tar every member's size is in its header and the archive's own length
+bounds the total, so the caps below are checked before a byte is written. The unpacker
+refuses anything else (gzip, bzip2, xz), even when it is signed. (If bandwidth matters more
+later, HTTP-level compression or delta bundles are the place for it, not the archive.)
 
 **Deterministic packing**: the same bundle directory always gives the same bytes (sorted
 names, zero times and owners, fixed modes), so the target hash identifies the content and a
@@ -153,6 +154,7 @@ def pack_bundle(bundle_dir: str | Path, out_path: str | Path) -> Path:
         raise BundleError("not a bundle (no manifest.json)", Where(str(src)))
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the archive from the web server
         with os.fdopen(fd, "wb") as f:
             _pack(src, f)
             f.flush()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from filters.errors import EnvironmentFault, InputError, Where
@@ -213,4 +213,10 @@ def _load_public(path: Path) -> KeyInfo:
         raise InputError(f"public key file names a different key ({name!r})", where)
     if key.keytype != "ed25519" or key.scheme != "ed25519":
         raise InputError(f"only ed25519 keys are used, not {key.keytype}/{key.scheme}", where)
+    try:
+        raw = Ed25519PublicKey.from_public_bytes(bytes.fromhex(key.keyval["public"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"bad public key value: {exc}", where) from None
+    if SSlibKey.from_crypto(raw).keyid != key.keyid:  # the keyid is the hash of the key
+        raise InputError("keyid does not match the public key", where)
     return KeyInfo(name, role, key)

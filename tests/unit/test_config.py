@@ -32,3 +32,56 @@ def test_every_error_is_reported(tmp_path: Path) -> None:
         f"{f}:2:9: bundle must be a path",
         f"{f}:4:20: local.block: bad character ' ': 'bad name'",
     ]
+
+
+def test_updates_section(tmp_path: Path) -> None:
+    (tmp_path / "root.json").write_text("{}")
+    f = tmp_path / "c.yaml"
+    f.write_text("state_dir: st\nupdates:\n  repository: https://lists.example.org/repo/\n"
+                 "  trusted_root: root.json\n  interval: 30m\n  timeout: 90s\n  keep: 5\n")
+    cfg = load_config(f)
+    u = cfg.updates
+    assert (u.repository, u.trusted_root, u.interval, u.timeout, u.keep) == (
+        "https://lists.example.org/repo/", tmp_path / "root.json", 1800, 90, 5)
+    f.write_text("updates: {repository: 'file:///media/usb/repo', trusted_root: root.json}\n")
+    u = load_config(f).updates
+    assert (u.interval, u.timeout, u.keep) == (3600, 1800, 3)
+    assert load_config(tmp_path / "e.yaml", "state_dir: x\n").updates is None
+
+
+def test_updates_errors_name_their_position(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("""\
+updates:
+  repository: ftp://example.org/
+  trusted_root: missing.json
+  interval: 10s
+  timeout: soon
+  keep: 0
+  mirror: x
+""")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(f)
+    assert str(info.value).splitlines() == [
+        f"{f}:7:3: unknown key updates.mirror (known: interval, keep, repository, timeout, trusted_root)",
+        f"{f}:2:15: updates.repository must be an http://, https:// or file:// URL",
+        f"{f}:3:17: trusted root not found: {tmp_path / 'missing.json'}",
+        f"{f}:4:13: updates.interval must be a duration from 60 s to 168 h (e.g. 90s, 30m, 1h)",
+        f"{f}:5:12: updates.timeout must be a duration from 1 s to 24 h (e.g. 90s, 30m, 1h)",
+        f"{f}:6:9: updates.keep must be a whole number from 1 to 100",
+    ]
+    f.write_text("updates:\n  repository: http://x/\n")
+    with pytest.raises(ConfigErrors, match=r"c.yaml:2:3: updates needs trusted_root"):
+        load_config(f)
+
+
+def test_bundle_path_resolves_the_current_pointer(tmp_path: Path) -> None:
+    from appliance.state import set_current
+
+    f = tmp_path / "c.yaml"
+    f.write_text("state_dir: st\n")
+    cfg = load_config(f)
+    assert cfg.bundle_path() == tmp_path / "st" / "bundles" / "current"  # none active yet
+    (tmp_path / "st" / "bundles" / "7-0123abcd").mkdir(parents=True)
+    set_current(tmp_path / "st", "7-0123abcd")
+    assert cfg.bundle_path() == tmp_path / "st" / "bundles" / "7-0123abcd"

@@ -1,0 +1,138 @@
+"""Forwarding to upstream resolvers: plain DNS over UDP, TCP when the answer is truncated.
+
+Each query gets a fresh socket, so the kernel picks a random source port (Linux randomises
+ephemeral ports), and a random ID from the system CSPRNG: together ~32 bits an off-path
+spoofer must guess (RFC 5452 §9.2). The socket is connected, so the kernel drops datagrams
+from other addresses; replies that do not match our ID and question are ignored (RFC 5452
+§9.1) until the deadline.
+
+Health: an upstream that fails twice in a row is marked down for a back-off that doubles up
+to a minute; queries try healthy upstreams first, in configured order, at most MAX_TRIES
+of them, so a query waits at most MAX_TRIES × timeout. When all are down one is still
+tried (that is how recovery is noticed), but only one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from appliance.dns.pipeline import Forward
+from filters.dns_response import answers_question
+
+__all__ = ["Upstream", "UpstreamSet", "MAX_TRIES"]
+
+# Upstreams tried per query: two keeps the worst case (2 × timeout) under a stub
+# resolver's 5 s patience with the default 1.5 s timeout.
+MAX_TRIES = 2
+# Mismatched datagrams read per try before giving up on that socket (spoofing attempts).
+MAX_STRAY_REPLIES = 16
+FAILS_BEFORE_DOWN = 2
+BACKOFF_FIRST, BACKOFF_MAX = 2.0, 60.0
+_RECV = 65535
+
+
+@dataclass
+class Upstream:
+    host: str
+    port: int
+    fails: int = 0
+    down_until: float = 0.0
+    rtt: float = 0.0  # smoothed round-trip time, seconds
+    queries: int = 0
+    errors: int = 0
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    def status(self, now: float) -> dict:
+        return {"address": f"{self.host}:{self.port}" if self.family == socket.AF_INET else f"[{self.host}]:{self.port}",
+                "up": self.down_until <= now, "rtt_ms": round(self.rtt * 1000, 2),
+                "queries": self.queries, "errors": self.errors}
+
+
+class UpstreamSet:
+    def __init__(self, addresses: tuple[tuple[str, int], ...], timeout: float, *,
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout = timeout
+        self.rng = rng or random.SystemRandom()
+        self.clock = clock
+        self.upstreams = [Upstream(h, p) for h, p in addresses]
+
+    def update(self, addresses: tuple[tuple[str, int], ...], timeout: float) -> None:
+        """New addresses from a reloaded config; health of the ones kept is kept."""
+        old = {(u.host, u.port): u for u in self.upstreams}
+        self.upstreams = [old.get(a) or Upstream(*a) for a in addresses]
+        self.timeout = timeout
+
+    def _order(self) -> list[Upstream]:
+        now = self.clock()
+        up = [u for u in self.upstreams if u.down_until <= now]
+        if up:
+            return up[:MAX_TRIES]
+        return sorted(self.upstreams, key=lambda u: u.down_until)[:1]
+
+    async def resolve(self, fwd: Forward) -> bytes | None:
+        """A validated response to ``fwd``'s question, or None when every try failed."""
+        for u in self._order():
+            u.queries += 1
+            t0 = self.clock()
+            try:
+                resp = await self._udp(u, fwd)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+                resp = None
+            if resp is not None:
+                u.fails, u.down_until = 0, 0.0
+                dt = self.clock() - t0
+                u.rtt = dt if not u.rtt else 0.8 * u.rtt + 0.2 * dt
+                return resp
+            u.errors += 1
+            u.fails += 1
+            if u.fails >= FAILS_BEFORE_DOWN:
+                u.down_until = self.clock() + min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (u.fails - FAILS_BEFORE_DOWN))
+        return None
+
+    async def _udp(self, u: Upstream, fwd: Forward) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        qid = self.rng.getrandbits(16)
+        sock = socket.socket(u.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect((u.host, u.port))
+            sock.send(fwd.upstream_query(qid))
+            for _ in range(MAX_STRAY_REPLIES):
+                left = deadline - loop.time()
+                if left <= 0:
+                    return None
+                data = await asyncio.wait_for(loop.sock_recv(sock, _RECV), left)
+                if answers_question(data, qid, fwd.question):
+                    if data[2] & 0x02:  # TC: the answer did not fit; ask again over TCP
+                        return await self._tcp(u, fwd, deadline)
+                    return data
+            return None
+        finally:
+            sock.close()
+
+    async def _tcp(self, u: Upstream, fwd: Forward, deadline: float) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        qid = self.rng.getrandbits(16)
+        msg = fwd.upstream_query(qid)
+
+        async def exchange() -> bytes:
+            reader, writer = await asyncio.open_connection(u.host, u.port)
+            try:
+                writer.write(len(msg).to_bytes(2, "big") + msg)
+                await writer.drain()
+                n = int.from_bytes(await reader.readexactly(2), "big")
+                return await reader.readexactly(n)
+            finally:
+                writer.close()
+
+        data = await asyncio.wait_for(exchange(), max(deadline - loop.time(), 0.001))
+        return data if answers_question(data, qid, fwd.question) else None

@@ -1,0 +1,136 @@
+"""N DNS worker processes sharing the listen addresses with SO_REUSEPORT.
+
+The supervisor imports everything, loads the numba kernels and maps the bundle *before*
+forking, so every worker shares those pages copy-on-write (numba alone is ~90 MB per
+process; the bundle is read-only mmap). Each worker binds its own sockets with
+SO_REUSEPORT and the kernel spreads clients across them by address hash.
+
+Signals: SIGTERM/SIGINT stop every worker (and then the supervisor); SIGHUP is checked by
+the supervisor first — an invalid config is refused once, here, and the workers never see
+it; a valid one is rebuilt here (so restarted workers fork from it) and passed on as SIGHUP
+for each worker to reload. A worker that dies is restarted, at most once per
+RESTART_DELAY per slot so that a crash loop cannot spin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+from appliance.config import ConfigErrors
+from appliance.dns.server import open_sockets
+from appliance.dns.service import Built, Service, build, load_run_config
+from filters.errors import SchoolgateError
+
+__all__ = ["Supervisor", "RESTART_DELAY"]
+
+log = logging.getLogger("schoolgate")
+
+RESTART_DELAY = 1.0  # seconds between restarts of one worker slot
+_TICK = 0.2  # the supervisor's loop period
+_STOP_GRACE = 10.0  # seconds workers get to exit after SIGTERM before SIGKILL
+
+
+class Supervisor:
+    def __init__(self, config_path: str | None, built: Built) -> None:
+        self.config_path = config_path
+        self.built = built
+        self.n = built.cfg.dns.workers
+        self.pids: dict[int, int] = {}  # pid -> slot
+        self._last_start: dict[int, float] = {}
+        self._flags: set[int] = set()
+
+    def _spawn(self, slot: int) -> None:
+        self._last_start[slot] = time.monotonic()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+                    signal.signal(sig, signal.SIG_DFL)
+                code = asyncio.run(Service(self.config_path, self.built, reuse_port=True, worker=slot).run())
+            except BaseException:
+                log.exception("worker %d failed", slot)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.pids[pid] = slot
+
+    def run(self) -> int:
+        # Fail early, in one place, when an address cannot be bound (in use, not ours).
+        for pair in open_sockets(self.built.cfg.dns.listen, reuse_port=True):
+            for s in pair:
+                s.close()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(sig, lambda s, _f: self._flags.add(s))
+        for slot in range(self.n):
+            self._spawn(slot)
+        log.info("supervisor started %d workers", self.n, extra={"pids": sorted(self.pids)})
+        while True:
+            time.sleep(_TICK)  # interrupted early by any signal
+            flags, self._flags = self._flags, set()
+            if flags & {signal.SIGTERM, signal.SIGINT}:
+                return self._stop()
+            if signal.SIGHUP in flags:
+                self._reload()
+            if signal.SIGUSR1 in flags:
+                self._tell(signal.SIGUSR1)
+            self._reap()
+
+    def _reap(self) -> None:
+        for _ in range(len(self.pids) + 1):
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                break
+            slot = self.pids.pop(pid, None)
+            if slot is not None:
+                log.error("worker %d (pid %d) exited with status %d; restarting", slot, pid,
+                          os.waitstatus_to_exitcode(status))
+        running = set(self.pids.values())
+        for slot in range(self.n):
+            if slot not in running and time.monotonic() - self._last_start.get(slot, 0) >= RESTART_DELAY:
+                self._spawn(slot)
+
+    def _reload(self) -> None:
+        try:
+            built = build(load_run_config(self.config_path))
+        except ConfigErrors as exc:
+            for e in exc.errors:
+                log.error("config refused, keeping the running one: %s", e, extra={"where": str(e.where)})
+            return
+        except SchoolgateError as exc:
+            log.error("config refused, keeping the running one: %s", exc)
+            return
+        self.built = built
+        self._tell(signal.SIGHUP)
+
+    def _tell(self, sig: int) -> None:
+        for pid in list(self.pids):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _stop(self) -> int:
+        self._tell(signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_GRACE
+        while self.pids and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                self.pids.pop(pid, None)
+            else:
+                time.sleep(0.05)
+        for pid in list(self.pids):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        log.info("stopped")
+        return 0

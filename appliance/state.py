@@ -1,0 +1,105 @@
+"""The state directory's layout and its atomic pointer (DESIGN.md §6).
+
+    STATE/update-state.json          active version, last check/result/error, next check
+    STATE/update.lock                one updater at a time (flock)
+    STATE/tuf/                       ngclient's trusted metadata (root history, timestamp, ...)
+    STATE/downloads/                 bundle archives being downloaded (emptied every run)
+    STATE/staging/                   archives being unpacked and verified (emptied every run)
+    STATE/bundles/<version>-<sha8>/  verified bundles, the last N kept
+    STATE/bundles/current            symlink to the active one, e.g. "7-1a2b3c4d"
+
+``current`` is a relative symlink replaced with one rename, so after a power cut it names
+the old bundle or the new one, and bundle directories are complete before they are named.
+Readers resolve it once and open the resolved directory: following ``current`` file by
+file could mix two bundles if it flips mid-open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+
+from filters.errors import EnvironmentFault, Where
+from signatures._atomic import fsync_dir, write_atomic
+
+__all__ = [
+    "BUNDLES", "CURRENT", "STATE_FILE", "bundle_dir_name", "parse_bundle_dir_name",
+    "active_bundle_dir", "set_current", "list_bundles", "read_update_state", "write_update_state",
+]
+
+BUNDLES = "bundles"
+CURRENT = "current"
+STATE_FILE = "update-state.json"
+# <version>-<sha8>, and "-<n>" when a fresh copy replaces a damaged active bundle of that name
+_DIR_NAME = re.compile(r"([1-9][0-9]{0,17})-([0-9a-f]{8})(?:-[0-9]{1,4})?")
+
+
+def bundle_dir_name(version: int, sha256: str) -> str:
+    """``<version>-<first 8 hex of the archive's sha256>``: sorted by version, unique per content."""
+    return f"{version}-{sha256[:8]}"
+
+
+def parse_bundle_dir_name(name: str) -> int | None:
+    m = _DIR_NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def active_bundle_dir(state_dir: str | Path) -> Path | None:
+    """The directory ``current`` points at, or None when there is no valid pointer."""
+    bundles = Path(state_dir) / BUNDLES
+    try:
+        target = os.readlink(bundles / CURRENT)
+    except (FileNotFoundError, NotADirectoryError, OSError):
+        return None
+    # Only a sibling named like ours: the pointer never leads outside bundles/.
+    if parse_bundle_dir_name(target) is None or not (bundles / target).is_dir():
+        return None
+    return bundles / target
+
+
+def set_current(state_dir: str | Path, name: str) -> None:
+    """Point ``current`` at ``bundles/<name>`` atomically (temp symlink, rename, fsync)."""
+    if parse_bundle_dir_name(name) is None:
+        raise ValueError(f"not a bundle directory name: {name!r}")
+    bundles = Path(state_dir) / BUNDLES
+    tmp = bundles / f".{CURRENT}.{secrets.token_hex(4)}"
+    try:
+        os.symlink(name, tmp)
+        os.replace(tmp, bundles / CURRENT)
+        fsync_dir(bundles)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise EnvironmentFault(f"cannot switch the active bundle: {exc}", Where(str(bundles))) from exc
+
+
+def list_bundles(state_dir: str | Path) -> list[tuple[int, str]]:
+    """(version, name) of every bundle directory, oldest first."""
+    bundles = Path(state_dir) / BUNDLES
+    if not bundles.is_dir():
+        return []
+    found = [(v, p.name) for p in bundles.iterdir()
+             if (v := parse_bundle_dir_name(p.name)) is not None and p.is_dir() and not p.is_symlink()]
+    return sorted(found)
+
+
+def read_update_state(state_dir: str | Path) -> dict:
+    """The last written update state ({} when none or unreadable: it is only a report)."""
+    try:
+        data = json.loads((Path(state_dir) / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_update_state(state_dir: str | Path, state: dict) -> None:
+    path = Path(state_dir) / STATE_FILE
+    try:
+        write_atomic(path, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        raise EnvironmentFault(f"cannot write update state: {exc}", Where(str(path))) from exc

@@ -1,0 +1,101 @@
+"""appliance.config_dns via load_config, and `schoolgate check-config`."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.cli import main
+from appliance.config import ConfigErrors, load_config
+from appliance.config_dns import parse_hostport
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_parse_hostport() -> None:
+    assert parse_hostport("127.0.0.1:5353") == ("127.0.0.1", 5353)
+    assert parse_hostport("[::1]:53") == ("::1", 53)
+    assert parse_hostport("::1") == ("::1", 53)
+    assert parse_hostport("10.0.0.1") == ("10.0.0.1", 53)
+    for bad in ("dns.google:53", "1.2.3.4:0", "[::1", "1.2.3.4:x", 53):
+        assert parse_hostport(bad) is None
+
+
+def test_dns_networks_and_policies(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("""\
+dns:
+  listen: ["127.0.0.1:5300", "[::1]:5300"]
+  upstreams: ["127.0.0.1:5399"]
+  block_mode: blockpage
+  blockpage: [192.0.2.1]
+  upstream_timeout: 250ms
+  cache_size: 50
+  rate_limit: {qps: 10}
+networks:
+  kids: {cidrs: [10.0.0.0/8, "fd00::/8"], policy: students}
+policies:
+  students: {block: [gambling], block_mode: null}
+""")
+    cfg = load_config(f)
+    d = cfg.dns
+    assert d.listen == (("127.0.0.1", 5300), ("::1", 5300)) and d.upstreams == (("127.0.0.1", 5399),)
+    assert (d.block_mode, d.blockpage, d.upstream_timeout, d.cache_size) == ("blockpage", ("192.0.2.1",), 0.25, 50)
+    assert (d.rate_limit, d.rate_burst) == (10.0, 20.0)
+    assert cfg.networks[0].cidrs == ("10.0.0.0/8", "fd00::/8") and cfg.networks[0].policy == "students"
+    assert cfg.policies["students"].block_mode is None  # YAML null: use dns.block_mode
+
+
+def test_every_dns_error_with_position(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("""\
+dns:
+  listen: ["localhost:53"]
+  block_mode: sinkhole
+  cache_size: -1
+  colour: red
+networks:
+  kids: {cidrs: [10.0.0.300/8], policy: nobody}
+policies:
+  students: {block: [gambling], mode: x}
+""")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(f)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 7
+    assert any(line.startswith(f"{f}:5:3: unknown key dns.colour") for line in lines)
+    assert any(line.startswith(f"{f}:2:12: dns.listen: not an IP address") for line in lines)
+    assert any(line.startswith(f"{f}:3:15: dns.block_mode must be one of") for line in lines)
+    assert any(line.startswith(f"{f}:4:15: dns.cache_size") for line in lines)
+    assert any(line.startswith(f"{f}:7:18: not a CIDR") for line in lines)
+    assert any(line.startswith(f"{f}:7:41: policy must name a policy") for line in lines)
+    assert any(line.startswith(f"{f}:9:33: unknown key policies.students.mode") for line in lines)
+
+
+def _check(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    return main(["check-config", *argv], out, err), out.getvalue(), err.getvalue()
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    code, out, _ = _check(str(ROOT / "config" / "default.yaml"))
+    assert code == 0 and out.endswith(": ok\n")
+    code, _, _ = _check(str(ROOT / "config" / "examples" / "school.yaml"))
+    assert code == 0
+    f = tmp_path / "bad.yaml"
+    f.write_text("dns: {upstreams: [nowhere]}\npolicies:\n  default: {block: [gambling, nosuch]}\n")
+    code, _, err = _check(str(f))
+    assert code == 2
+    assert err.splitlines() == [
+        f"{f}:1:19: dns.upstreams: not an IP address with optional port (1.2.3.4:53 or [::1]:53): 'nowhere'",
+    ]
+    f.write_text("policies:\n  default: {block: [gambling, nosuch]}\n")
+    code, out, _ = _check(str(f), "--json")
+    got = json.loads(out)
+    assert code == 2 and got["ok"] is False
+    assert got["errors"][0]["line"] == 2 and "unknown category 'nosuch'" in got["errors"][0]["message"]
+    code, _, err = _check(str(tmp_path / "missing.yaml"))
+    assert code == 2 and "file not found" in err
