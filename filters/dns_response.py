@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from filters.dns_wire import HEADER_LEN, MAX_LABEL, MAX_NAME_WIRE, TYPE_OPT
+from filters.dns_wire import HEADER_LEN, MAX_LABEL, MAX_NAME_WIRE, TYPE_OPT, skip_name
 from filters.errors import PacketError
 
 __all__ = [
@@ -52,23 +52,6 @@ class Record:
     ttl_offset: int
     rdata: int  # offset of the record data
     rdlength: int
-
-
-def _skip_name(buf: bytes, pos: int) -> int:
-    start = pos
-    limit = len(buf)
-    while pos < limit and pos - start <= MAX_NAME_WIRE:
-        ln = buf[pos]
-        if ln == 0:
-            return pos + 1
-        if ln & 0xC0 == 0xC0:
-            if pos + 2 > limit:
-                break
-            return pos + 2
-        if ln > MAX_LABEL:
-            raise PacketError(f"label type 0x{ln & 0xC0:02x} is not supported")
-        pos += 1 + ln
-    raise PacketError("name runs past the end of the message or is too long")
 
 
 def read_name(buf: bytes, pos: int) -> tuple[bytes, int]:
@@ -118,7 +101,7 @@ def walk_records(buf: bytes, pos: int, counts: tuple[int, int, int]) -> list[Rec
     for section, count in enumerate(counts):
         for _ in range(count):
             owner = pos
-            pos = _skip_name(buf, pos)
+            pos = skip_name(buf, pos)
             if pos + 10 > n:
                 raise PacketError("record runs past the end of the message")
             rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(buf, pos)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from filters.errors import PacketError, RuntPacketError
 
 __all__ = [
+    "skip_name",
     "HEADER_LEN", "MAX_NAME_WIRE", "MAX_LABEL", "MAX_MESSAGE", "MIN_UDP_PAYLOAD",
     "MAX_UDP_PAYLOAD", "OPCODE_QUERY", "CLASS_IN", "TYPE_OPT", "Query", "parse_query",
     "qname_end",
@@ -111,7 +112,7 @@ def qname_end(buf: bytes, start: int = HEADER_LEN) -> int:
     return pos
 
 
-def _skip_name(buf: bytes, pos: int) -> int:
+def skip_name(buf: bytes, pos: int) -> int:
     """Offset after a possibly compressed name (pointers are not followed: skipping cannot
     loop). Bounded by the name length limit."""
     start = pos
@@ -160,7 +161,7 @@ def parse_query(buf: bytes, name_end: int | None = None) -> Query:
         raise PacketError(f"ARCOUNT {ar}: more additional records than a query carries")
     for _ in range(ar):
         owner = pos
-        pos = _skip_name(buf, pos)
+        pos = skip_name(buf, pos)
         if pos + 10 > n:
             raise PacketError("additional record runs past the end of the message")
         rtype, rclass, ext_rcode, version, eflags, rdlen = _OPT_FIXED.unpack_from(buf, pos)

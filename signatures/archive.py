@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from filters.errors import BundleError, EnvironmentFault, Where
+from signatures._atomic import fsync_dir
 
 __all__ = [
     "MAX_MEMBERS",
@@ -221,7 +222,7 @@ def unpack_bundle(archive: str | Path, staging: str | Path) -> list[str]:
         raise EnvironmentFault(f"cannot unpack: {exc}", Where(str(dest))) from exc
     if not written:
         raise BundleError("archive is empty", where)
-    _fsync_dir(dest)
+    fsync_dir(dest)
     return written
 
 
@@ -241,11 +242,3 @@ def _extract_one(tar: tarfile.TarFile, ti: tarfile.TarInfo, dest: Path) -> None:
             left -= len(chunk)
         out.flush()
         os.fsync(out.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

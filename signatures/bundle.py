@@ -27,6 +27,7 @@ from filters.domain_matcher import DomainMatcher
 from filters.domain_table import DomainTable
 from filters.errors import BadNameError, BundleError, EnvironmentFault, SignatureError, Where
 from filters.keyword_scanner import KeywordScanner, KeywordTable
+from signatures._atomic import fsync_dir
 
 __all__ = ["MANIFEST", "Bundle", "write_bundle", "open_bundle", "file_digest"]
 
@@ -42,14 +43,6 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_bundle(out_dir: str | Path, arrays: dict[str, np.ndarray], manifest: dict) -> Path:
@@ -74,7 +67,7 @@ def write_bundle(out_dir: str | Path, arrays: dict[str, np.ndarray], manifest: d
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.chmod(tmp, 0o755)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
@@ -84,7 +77,7 @@ def write_bundle(out_dir: str | Path, arrays: dict[str, np.ndarray], manifest: d
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise EnvironmentFault(f"cannot write bundle: {exc}", Where(str(out))) from exc

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from filters.errors import EnvironmentFault, InputError, Where
+from signatures._atomic import fsync_dir
 
 __all__ = [
     "ROLES",
@@ -56,14 +57,6 @@ class KeyInfo:
     @property
     def keyid(self) -> str:
         return self.key.keyid
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
@@ -106,7 +99,7 @@ def generate_key(keys_dir: str | Path, role: str, passphrase: bytes | None = Non
         info = KeyInfo(name, role, SSlibKey.from_crypto(private.public_key()))
         _write_new(out / f"{name}.pem", pem, PRIVATE_MODE)
         _write_new(out / f"{name}.pub.json", _public_json(info), 0o644)
-        _fsync_dir(out)
+        fsync_dir(out)
     except FileExistsError as exc:
         raise EnvironmentFault(f"key file already exists; not overwriting it", Where(str(exc.filename or out))) from exc
     except OSError as exc:
