@@ -92,22 +92,31 @@ def _policy_mask(catalog, args: argparse.Namespace) -> int:
     return catalog.mask(cfg.policies[args.policy].block)
 
 
-def _open_matcher(args: argparse.Namespace):
+def _open_matcher(args: argparse.Namespace, err: TextIO):
+    """The matcher of --bundle, else of the bundle the config (or, with neither, the default
+    `schoolgate run`) serves: its own, the active signed one, else an installed demo."""
+    from appliance.embedded import resolve_bundle
     from signatures.bundle import open_bundle
 
     if args.bundle:
-        return open_bundle(args.bundle).domain_matcher()
-    if args.config:
+        bundle, local = open_bundle(args.bundle), None
+    else:
         from appliance.config import load_config
+        from appliance.dns.service import load_run_config
 
-        cfg = load_config(args.config)
-        path = cfg.bundle_path()
-        if cfg.bundle is None and not path.exists():
-            raise InputError(f"no active bundle in {cfg.state_dir} yet: run `schoolgate update --once "
-                             f"--config {args.config}`, or set bundle: in the config")
-        matcher = open_bundle(path).domain_matcher()
-        return matcher.with_local(cfg.local_block, cfg.local_allow)
-    raise InputError("give --bundle DIR or --config PATH")
+        cfg = load_config(args.config) if args.config else load_run_config(None)
+        found = resolve_bundle(cfg)
+        if found is None:
+            how = (f"run `schoolgate update --once --config {args.config}`, or set bundle: in the config"
+                   if args.config else "run `schoolgate run` once (it installs the demo bundle), "
+                   "or give --bundle DIR or --config PATH")
+            raise InputError(f"no active bundle in {cfg.state_dir} yet: {how}")
+        bundle, local = open_bundle(found[0]), cfg
+    if bundle.demo:
+        print(f"schoolgate: note: answers come from the DEMO bundle (version {bundle.version}: "
+              "excerpts of public lists, not for real filtering)", file=err)
+    matcher = bundle.domain_matcher()
+    return matcher.with_local(local.local_block, local.local_allow) if local else matcher
 
 
 def _passphrase(args: argparse.Namespace) -> bytes | None:
@@ -223,10 +232,16 @@ def _report_update(args: argparse.Namespace, o, out: TextIO, err: TextIO) -> Non
               file=err, flush=True)
 
 
+def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from appliance.status import cmd_status
+
+    return cmd_status(args, out, err)
+
+
 def cmd_lookup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from filters.errors import BadNameError
 
-    matcher = _open_matcher(args)
+    matcher = _open_matcher(args, err)
     mask = _policy_mask(matcher.catalog, args)
     names: Sequence[str] = args.names
     if list(names) == ["-"]:
@@ -309,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--json", action="store_true")
     up.set_defaults(func=cmd_update)
 
+    st = sub.add_parser("status", help="the appliance's state: bundle served (demo or not), updates, running")
+    st.add_argument("--config", help="config file (default: as `schoolgate run` without one)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_cmd_status)
+
     lk = sub.add_parser("lookup", help="is a name blocked, and why?")
     src = lk.add_mutually_exclusive_group()
     src.add_argument("--bundle", help="bundle directory")
@@ -317,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--json", action="store_true", help="one JSON object per line")
     lk.add_argument("names", nargs="+", help="names to look up, or - to read them from stdin")
     lk.set_defaults(func=cmd_lookup)
+
+    from appliance.inspect import add_parser as add_inspect
+
+    add_inspect(sub)  # schoolgate inspect PCAP (appliance/inspect.py)
 
     from appliance.run import cmd_check_config, cmd_run
 

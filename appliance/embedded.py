@@ -1,30 +1,46 @@
-"""What the appliance falls back on: the embedded default config and the demo bundle.
+"""What the appliance falls back on: the embedded default config and the signed demo bundle.
 
-Never fail open (issue 4): when no signed bundle is active in the state directory and the
-config names none, the demo lists shipped in config/demo/ are compiled into
-``<state_dir>/embedded-bundle`` and served, and the log says so.
+Never fail open (issue 4): when the config names no bundle and no signed bundle is active
+in the state directory, the demo bundle shipped in ``config/demo/repo`` (a TUF repository
+signed with the public demo keys, see appliance/demo_bundle.py) is installed into
+``<state_dir>/demo`` — a state directory of its own, through the same updater as a real
+repository (file:// URL, the trusted root in ``config/demo/trust/root.json``) — and served,
+labelled DEMO wherever it shows.
+
+The demo gets its own state directory so that it never becomes the rollback floor of the
+district's real repository (a real bundle 1 must not be refused because demo bundle 3 was
+active) and its TUF metadata never mixes with the real ones. A real bundle, once active,
+always wins over the demo.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
-from datetime import datetime, timezone
 from pathlib import Path
 
-from appliance.config import Config
-from filters.errors import BundleError, InputError
+from appliance.config import Config, UpdatesConfig
+from appliance.state import active_bundle_dir
+from filters.errors import BundleError, InputError, UpdateError, Where
+from signatures.bundle import Bundle, open_bundle
 
-__all__ = ["REPO_CONFIG", "DEFAULT_CONFIG", "DEMO_SOURCES", "EMBEDDED_BUNDLE", "user_state_dir",
-           "ensure_embedded_bundle", "select_bundle"]
+__all__ = ["REPO_CONFIG", "DEFAULT_CONFIG", "DEMO_DIR", "DEMO_SOURCES", "DEMO_REPO", "DEMO_ROOT",
+           "DEMO_KEYS", "DEMO_STATE", "user_state_dir", "demo_updates", "demo_state_dir",
+           "install_demo", "resolve_bundle", "select_bundle", "open_selected"]
 
 log = logging.getLogger("schoolgate")
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
 DEFAULT_CONFIG = REPO_CONFIG / "default.yaml"
-DEMO_SOURCES = REPO_CONFIG / "demo" / "sources.yaml"
-EMBEDDED_BUNDLE = "embedded-bundle"
+DEMO_DIR = REPO_CONFIG / "demo"
+DEMO_SOURCES = DEMO_DIR / "sources.yaml"
+DEMO_REPO = DEMO_DIR / "repo"
+DEMO_ROOT = DEMO_DIR / "trust" / "root.json"
+DEMO_KEYS = DEMO_DIR / "keys-DEMO-NOT-SECRET"
+DEMO_STATE = "demo"  # <state_dir>/demo
+# Reading a ~100 kB repository from local disk takes milliseconds; a minute covers a
+# Pi's SD card under heavy load.
+DEMO_TIMEOUT = 60
 
 
 def user_state_dir() -> Path:
@@ -35,32 +51,64 @@ def user_state_dir() -> Path:
     return root / "schoolgate"
 
 
-def ensure_embedded_bundle(state_dir: Path) -> Path:
-    """The demo bundle in ``state_dir``, compiled on first use (a second or so)."""
-    from signatures.bundle import open_bundle, write_bundle
-    from signatures.compile import compile_sources
-    from signatures.sources import load_sources
+def demo_updates() -> UpdatesConfig:
+    """The demo repository as an ``updates:`` section: a file:// URL and the shipped root."""
+    return UpdatesConfig(DEMO_REPO.as_uri() + "/", DEMO_ROOT, timeout=DEMO_TIMEOUT, keep=1)
 
-    out = state_dir / EMBEDDED_BUNDLE
-    try:
-        open_bundle(out)
-        return out
-    except BundleError:
-        pass
-    if not DEMO_SOURCES.is_file():
-        raise InputError(f"no bundle configured or active, and the demo lists are missing ({DEMO_SOURCES})")
-    log.warning("no bundle active in %s: compiling the embedded demo bundle into %s", state_dir, out)
-    compiled = compile_sources(load_sources(DEMO_SOURCES), now=datetime.now(timezone.utc),
-                               new_key=lambda: (secrets.randbits(64), secrets.randbits(64)))
-    return write_bundle(out, compiled.arrays, compiled.manifest)
+
+def demo_state_dir(state_dir: Path) -> Path:
+    return state_dir / DEMO_STATE
+
+
+def install_demo(state_dir: Path) -> Path:
+    """Install (or check, and refresh from a newer shipped copy) the demo bundle under
+    ``<state_dir>/demo`` with the updater; its directory. Raises UpdateError if it cannot."""
+    from appliance.updater import update_once
+
+    if not DEMO_ROOT.is_file():
+        raise InputError("no bundle configured or active, and the demo repository is missing",
+                         Where(str(DEMO_ROOT)))
+    demo = demo_state_dir(state_dir)
+    if active_bundle_dir(demo) is None:
+        log.warning("no signed bundle active in %s: installing the DEMO bundle from %s", state_dir, DEMO_REPO)
+    outcome = update_once(demo, demo_updates())
+    path = active_bundle_dir(demo)
+    if not outcome.ok or path is None:
+        raise UpdateError(f"cannot install the demo bundle: {outcome.error}", Where(str(DEMO_REPO)))
+    return path
+
+
+def resolve_bundle(cfg: Config) -> tuple[Path, str] | None:
+    """(bundle directory, how it was chosen) without side effects: the config's bundle
+    ("configured"), else the signed one active in the state directory ("active"), else an
+    installed demo ("demo"); None when there is none of these yet."""
+    if cfg.bundle:
+        return cfg.bundle, "configured"
+    active = active_bundle_dir(cfg.state_dir)
+    if active is not None:
+        return active, "active"
+    demo = active_bundle_dir(demo_state_dir(cfg.state_dir))
+    return (demo, "demo") if demo is not None else None
 
 
 def select_bundle(cfg: Config) -> tuple[Path, str]:
-    """(bundle directory, how it was chosen): the config's, else the active signed one, else
-    the embedded demo bundle."""
-    if cfg.bundle:
-        return cfg.bundle, "configured"
-    active = cfg.bundle_path()
-    if (active / "manifest.json").is_file():
-        return active, "active"
-    return ensure_embedded_bundle(cfg.state_dir), "embedded"
+    """As :func:`resolve_bundle`, installing the demo bundle when nothing else is there."""
+    found = resolve_bundle(cfg)
+    if found is not None and found[1] != "demo":
+        return found
+    return install_demo(cfg.state_dir), "demo"
+
+
+def open_selected(cfg: Config) -> tuple[Bundle, str]:
+    """Open the bundle :func:`select_bundle` picks. An active signed bundle that no longer
+    opens (a damaged disk) gives way to the demo bundle until an update replaces it, rather
+    than leaving the network unfiltered or the service down."""
+    path, how = select_bundle(cfg)
+    try:
+        return open_bundle(path), how
+    except BundleError as exc:
+        if how != "active":
+            raise
+        log.error("the active bundle cannot be opened (%s): serving the DEMO bundle until an "
+                  "update replaces it", exc)
+        return open_bundle(install_demo(cfg.state_dir)), "demo"

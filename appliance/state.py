@@ -1,6 +1,8 @@
 """The state directory's layout and its atomic pointer (DESIGN.md §6).
 
     STATE/update-state.json          active version, last check/result/error, next check
+    STATE/run.json                   written by a running `schoolgate run`: pid, bundle served
+    STATE/demo/                      the demo bundle's own state directory (same layout)
     STATE/update.lock                one updater at a time (flock)
     STATE/tuf/                       ngclient's trusted metadata (root history, timestamp, ...)
     STATE/downloads/                 bundle archives being downloaded (emptied every run)
@@ -28,11 +30,13 @@ from signatures._atomic import fsync_dir, write_atomic
 __all__ = [
     "BUNDLES", "CURRENT", "STATE_FILE", "bundle_dir_name", "parse_bundle_dir_name",
     "active_bundle_dir", "set_current", "list_bundles", "read_update_state", "write_update_state",
+    "RUN_FILE", "write_run_state", "read_run_state", "clear_run_state", "pid_alive",
 ]
 
 BUNDLES = "bundles"
 CURRENT = "current"
 STATE_FILE = "update-state.json"
+RUN_FILE = "run.json"
 # <version>-<sha8>, and "-<n>" when a fresh copy replaces a damaged active bundle of that name
 _DIR_NAME = re.compile(r"([1-9][0-9]{0,17})-([0-9a-f]{8})(?:-[0-9]{1,4})?")
 
@@ -103,3 +107,49 @@ def write_update_state(state_dir: str | Path, state: dict) -> None:
         write_atomic(path, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
     except OSError as exc:
         raise EnvironmentFault(f"cannot write update state: {exc}", Where(str(path))) from exc
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_run_state(state_dir: str | Path, record: dict) -> None:
+    """What the running appliance serves (pid, bundle, since when), for `schoolgate status`."""
+    path = Path(state_dir) / RUN_FILE
+    try:
+        write_atomic(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        raise EnvironmentFault(f"cannot write run state: {exc}", Where(str(path))) from exc
+
+
+def read_run_state(state_dir: str | Path) -> dict:
+    return _read_json(Path(state_dir) / RUN_FILE)
+
+
+def clear_run_state(state_dir: str | Path, pid: int) -> None:
+    """Remove run.json if it is still ours (a newer run may have replaced it)."""
+    path = Path(state_dir) / RUN_FILE
+    if read_run_state(state_dir).get("pid") == pid:
+        path.unlink(missing_ok=True)
+
+
+def pid_alive(pid: object) -> bool:
+    """Is ``pid`` a running schoolgate? (A pid left by a killed run may have been reused by
+    an unrelated process: its command line must name us.)"""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, someone else's (status run as another user)
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc: trust the signal check
+    return b"schoolgate" in cmdline or b"appliance.cli" in cmdline

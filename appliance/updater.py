@@ -30,7 +30,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 from appliance.config import UpdatesConfig
 from appliance.fetcher import HttpFetcher
 from appliance.state import (
-    BUNDLES, active_bundle_dir, bundle_dir_name, list_bundles, parse_bundle_dir_name, read_update_state,
+    BUNDLES, STATE_FILE, active_bundle_dir, bundle_dir_name, list_bundles, parse_bundle_dir_name, read_update_state,
     set_current, write_update_state,
 )
 from filters.errors import BundleError, EnvironmentFault, InputError, SchoolgateError, UpdateError, Where
@@ -82,7 +82,9 @@ class _Lock:
 
 
 def recover_state_dir(state_dir: Path) -> None:
-    """Remove what an interrupted run left: partial downloads, staging, temp pointers.
+    """Remove what an interrupted run left: partial downloads, staging, temp pointers, the
+    temporary files of atomic writes (ours: ``.update-state.json.*.tmp``; ngclient's:
+    ``tuf/tmp*``). Runs under the update lock, so none of these is anyone's work in progress.
 
     Never touches ``bundles/current`` or the directory it names.
     """
@@ -96,6 +98,10 @@ def recover_state_dir(state_dir: Path) -> None:
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:
+                p.unlink(missing_ok=True)
+    for pattern in (f".{STATE_FILE}.*.tmp", "tuf/tmp*"):
+        for p in state_dir.glob(pattern):
+            if p.is_file() and not p.is_symlink():
                 p.unlink(missing_ok=True)
 
 

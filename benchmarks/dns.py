@@ -1,6 +1,7 @@
 """schoolgate vs dnsmasq under dnsperf, same block list and query file, in one run.
 
-    python -m benchmarks.dns [--list FILE ...] [--limit N] [--duration S] [--clients N] [--qps N]
+    python -m benchmarks.dns [--list FILE ...] [--limit N] [--duration S] [--repeat N] [--clients N]
+                             [--qps N] [--latency-qps N] [--workers N] [--python-path]
 
 Both servers get the same list: schoolgate as a compiled bundle, dnsmasq as an
 ``--addn-hosts`` file (``0.0.0.0 name``). Both forward to one upstream dnsmasq that serves
@@ -8,9 +9,14 @@ Both servers get the same list: schoolgate as a compiled bundle, dnsmasq as an
 (names sampled from the list), ``cached`` (1,000 allowed names, warmed up first), ``mixed``
 (half each). Per server and mix: qps, average latency, lost queries, server CPU-seconds
 during the measured run (utime + stime from /proc/<pid>/stat, summed over the process and
-its children), queries answered per CPU-second, RSS and PSS (smaps_rollup, summed), and
-start-up time to the first answer. dnsperf runs on the same 2 cores, so qps saturates near
-the client's own limit; queries per server CPU-second is the fairer figure.
+its children, with the user/system split), queries answered per CPU-second; then latency
+percentiles from a second dnsperf run at a fixed offered load (``--latency-qps``, the same
+for every server; dnsperf -v reports each query's latency). Per server: RSS and PSS
+(smaps_rollup, summed over its processes) after the mixes, and start-up time to the first
+answer. The servers run back to back, ``--repeat`` times in turn (the machine is shared:
+interleaving spreads other load over both); the tables show medians. dnsperf runs on the
+same 2 cores, so qps saturates near the client's own limit; queries per server CPU-second
+is the fairer figure.
 
 Loopback only. Every process started here is stopped by its pid.
 """
@@ -68,15 +74,17 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    total = 0
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU-seconds of ``pid`` and its descendants."""
+    user = system = 0
     for p in tree(pid):
         try:
             f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(f[11]) + int(f[12])  # utime, stime (fields 14, 15)
+            user += int(f[11])  # utime, stime (fields 14, 15)
+            system += int(f[12])
         except (OSError, IndexError):
             pass
-    return total / _TICK
+    return user / _TICK, system / _TICK
 
 
 def memory_mib(pid: int) -> tuple[float, float]:
@@ -96,32 +104,38 @@ def memory_mib(pid: int) -> tuple[float, float]:
 
 def wait_answer(port: int, name: str, timeout: float) -> float:
     """Seconds until 127.0.0.1:port answers an A query for ``name``."""
-    from filters.names import name_to_wire
-
-    q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name_to_wire(name) + b"\x00\x01\x00\x01"
+    wire = b"".join(bytes((len(label),)) + label.encode() for label in name.split(".")) + b"\x00"
+    q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + wire + b"\x00\x01\x00\x01"
     t0 = time.monotonic()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.2)
+        s.settimeout(0.05)
         while time.monotonic() - t0 < timeout:
             s.sendto(q, ("127.0.0.1", port))
             try:
                 s.recv(4096)
                 return time.monotonic() - t0
             except OSError:
-                time.sleep(0.05)
+                time.sleep(0.01)
     raise RuntimeError(f"no answer on port {port} within {timeout} s")
 
 
-def dnsperf(port: int, qfile: Path, seconds: float, clients: int, qps: int) -> dict:
+def dnsperf(port: int, qfile: Path, seconds: float, clients: int, qps: int, verbose: bool = False) -> dict:
     argv = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile), "-l", str(seconds),
-            "-c", str(clients), "-q", "200", "-t", "2"] + (["-Q", str(qps)] if qps else [])
+            "-c", str(clients), "-q", "200", "-t", "2"] + (["-Q", str(qps)] if qps else []) + (["-v"] if verbose else [])
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+
     def num(pattern: str) -> float:
         m = re.search(pattern, out)
         return float(m.group(1)) if m else float("nan")
-    return {"sent": int(num(r"Queries sent:\s+(\d+)")), "completed": int(num(r"Queries completed:\s+(\d+)")),
-            "lost": int(num(r"Queries lost:\s+(\d+)")), "qps": num(r"Queries per second:\s+([\d.]+)"),
-            "latency_ms": num(r"Average Latency \(s\):\s+([\d.]+)") * 1000}
+    r = {"sent": int(num(r"Queries sent:\s+(\d+)")), "completed": int(num(r"Queries completed:\s+(\d+)")),
+         "lost": int(num(r"Queries lost:\s+(\d+)")), "qps": num(r"Queries per second:\s+([\d.]+)"),
+         "latency_ms": num(r"Average Latency \(s\):\s+([\d.]+)") * 1000}
+    if verbose:  # "> NOERROR name A 0.000123" per answered query
+        lat = sorted(float(t) for line in out.splitlines() if line.startswith("> ")
+                     for t in line.rsplit(None, 1)[1:] if t[:1].isdigit())
+        for q, key in ((0.5, "p50_ms"), (0.99, "p99_ms"), (0.999, "p999_ms")):
+            r[key] = lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")
+    return r
 
 
 def read_names(paths: list[Path], limit: int) -> list[str]:
@@ -132,7 +146,8 @@ def read_names(paths: list[Path], limit: int) -> list[str]:
             if not parts:
                 continue
             name = parts[-1].lower().rstrip(".")  # hosts lines: the name is last
-            if _NAME.match(name) and not name.endswith(".allowed.test"):
+            # IPv4 addresses in domain lists are CIDR entries for the bundle, not names.
+            if _NAME.match(name) and not name.endswith(".allowed.test") and not name.rsplit(".", 1)[1].isdigit():
                 seen[name] = None
                 if len(seen) >= limit:
                     return list(seen)
@@ -169,27 +184,52 @@ class Server:
         self._log.close()
 
 
+def median(xs: list[float]) -> float:
+    xs = sorted(x for x in xs if x == x)
+    if not xs:
+        return float("nan")
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
+def measure(srv: Server, port: int, mixes: list[str], tmp: Path, args) -> list[dict]:
+    out = []
+    for mix in mixes:
+        qfile = tmp / f"{mix}.q"
+        dnsperf(port, qfile, 2, args.clients, args.qps)  # warm caches and JIT
+        u0, s0 = cpu_seconds(srv.p.pid)
+        r = dnsperf(port, qfile, args.duration, args.clients, args.qps)
+        u1, s1 = cpu_seconds(srv.p.pid)
+        lat = dnsperf(port, qfile, args.latency_seconds, args.clients, args.latency_qps, verbose=True)
+        cpu = (u1 - u0) + (s1 - s0)
+        out.append({"mix": mix, "qps": r["qps"], "latency_ms": r["latency_ms"], "lost": r["lost"],
+                    "cpu_s": cpu, "user_s": u1 - u0, "sys_s": s1 - s0,
+                    "q_per_cpu_s": r["completed"] / cpu if cpu else float("nan"),
+                    "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "p999_ms": lat["p999_ms"],
+                    "lat_lost": lat["lost"]})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--list", type=Path, action="append", help="domain or hosts lists (default: shared UT1)")
     ap.add_argument("--limit", type=int, default=1_000_000, help="at most this many names")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of every server; medians are shown")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--qps", type=int, default=0, help="offered load (0: as fast as dnsperf can)")
+    ap.add_argument("--latency-qps", type=int, default=20000, help="offered load of the latency run")
+    ap.add_argument("--latency-seconds", type=float, default=3.0)
     ap.add_argument("--mix", action="append", choices=("blocked", "cached", "mixed"))
     ap.add_argument("--workers", type=int, default=1, help="schoolgate dns.workers")
+    ap.add_argument("--python-path", action="store_true",
+                    help="also schoolgate with dns.fast_path: false (the plain asyncio loop)")
     args = ap.parse_args(argv)
     for tool in ("dnsperf", "dnsmasq"):
         if shutil.which(tool) is None:
             print(f"needs {tool} (apt-get install dnsperf dnsmasq)", file=sys.stderr)
             return 2
     mixes = args.mix or ["blocked", "cached", "mixed"]
-    from datetime import datetime, timezone
-
-    from signatures.bundle import write_bundle
-    from signatures.compile import compile_sources
-    from signatures.sources import load_sources
-
     rng = random.Random(42)
     with tempfile.TemporaryDirectory(prefix="sg-bench-") as td:
         tmp = Path(td)
@@ -199,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         (tmp / "sources.yaml").write_text(
             "version: 1\nexpires_days: 30\ncategories:\n  bench: {sources: [{path: list.txt, format: domains}]}\n")
         t0 = time.monotonic()
-        c = compile_sources(load_sources(tmp / "sources.yaml"), now=datetime.now(timezone.utc),
-                            new_key=lambda: (rng.getrandbits(64), rng.getrandbits(64)))
-        write_bundle(tmp / "bundle", c.arrays, c.manifest)
+        # In a child process: this one must not map numba's libraries while the servers'
+        # memory is measured (PSS divides shared pages among every process mapping them).
+        subprocess.run([sys.executable, "-m", "appliance.cli", "signatures", "build", str(tmp / "sources.yaml"),
+                        "-o", str(tmp / "bundle")], check=True, cwd=ROOT, capture_output=True)
         compile_s = time.monotonic() - t0
         sample = rng.sample(names, min(len(names), 100_000))
         allowed = [f"n{i}.allowed.test" for i in range(1000)]
@@ -216,57 +257,83 @@ def main(argv: list[str] | None = None) -> int:
                                        "--pid-file=", "--address=/allowed.test/192.0.2.10",
                                        "--local-ttl=3600", "--log-facility=/dev/null"]
                           + (["--user=root"] if os.geteuid() == 0 else []), up_port, tmp / "up.log")
-        rows = []
+        results: dict[str, list[dict]] = {}
+        servers: dict[str, dict] = {}
         try:
-            sg_port, dm_port = free_port(), free_port()
-            (tmp / "sg.yaml").write_text(
-                f"state_dir: {tmp}/state\nbundle: {tmp}/bundle\n"
-                f"dns: {{listen: ['127.0.0.1:{sg_port}'], upstreams: ['127.0.0.1:{up_port}'], "
-                f"block_mode: 'null', rate_limit: 0, cache_size: 10000, workers: {args.workers}}}\n"
-                "policies: {default: {block: [bench]}}\n")
-            servers = [
-                ("schoolgate", [sys.executable, "-m", "appliance.cli", "run", "--config", str(tmp / "sg.yaml")], sg_port),
-                ("dnsmasq", ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
-                             f"--addn-hosts={tmp / 'hosts'}", f"--server=127.0.0.1#{up_port}",
-                             "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={dm_port}",
-                             "--pid-file=", "--cache-size=10000", "--log-facility=/dev/null"]
-                 + (["--user=root"] if os.geteuid() == 0 else []), dm_port),
-            ]
-            for name, cmd, port in servers:
-                srv = Server(name, cmd, port, tmp / f"{name}.log")
-                try:
-                    for mix in mixes:
-                        dnsperf(port, tmp / f"{mix}.q", 2, args.clients, args.qps)  # warm caches and JIT
-                        cpu0 = cpu_seconds(srv.p.pid)
-                        r = dnsperf(port, tmp / f"{mix}.q", args.duration, args.clients, args.qps)
-                        cpu = cpu_seconds(srv.p.pid) - cpu0
+            variants = [("schoolgate", True)] + ([("schoolgate-python", False)] if args.python_path else [])
+            for name, fast in variants:
+                (tmp / f"{name}.yaml").write_text(
+                    f"state_dir: {tmp}/state-{name}\nbundle: {tmp}/bundle\n"
+                    f"dns: {{listen: ['127.0.0.1:{{port}}'], upstreams: ['127.0.0.1:{up_port}'], "
+                    f"block_mode: 'null', rate_limit: 0, cache_size: 10000, workers: {args.workers}, "
+                    f"fast_path: {'true' if fast else 'false'}}}\n"
+                    "policies: {default: {block: [bench]}}\n")
+            for rep in range(args.repeat):
+                order = [n for n, _ in variants] + ["dnsmasq"]
+                if rep % 2:
+                    order.reverse()  # alternate who goes first
+                for name in order:
+                    port = free_port()
+                    if name == "dnsmasq":
+                        cmd = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                               f"--addn-hosts={tmp / 'hosts'}", f"--server=127.0.0.1#{up_port}",
+                               "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={port}",
+                               "--pid-file=", "--cache-size=10000", "--log-facility=/dev/null"] \
+                            + (["--user=root"] if os.geteuid() == 0 else [])
+                    else:
+                        cfg = tmp / f"{name}-{rep}.yaml"
+                        cfg.write_text((tmp / f"{name}.yaml").read_text().replace("{port}", str(port)))
+                        cmd = [sys.executable, "-m", "appliance.cli", "run", "--config", str(cfg)]
+                    srv = Server(name, cmd, port, tmp / f"{name}-{rep}.log")
+                    try:
+                        for r in measure(srv, port, mixes, tmp, args):
+                            results.setdefault(name, []).append(r)
                         rss, pss = memory_mib(srv.p.pid)
-                        rows.append({"server": name, "mix": mix, "qps": f"{r['qps']:,.0f}",
-                                     "latency_ms": f"{r['latency_ms']:.3f}", "lost": r["lost"],
-                                     "cpu_s": f"{cpu:.2f}", "q_per_cpu_s": f"{r['completed'] / cpu:,.0f}" if cpu else "-",
-                                     "rss_mib": f"{rss:.0f}", "pss_mib": f"{pss:.0f}", "startup_s": f"{srv.startup:.2f}",
-                                     "_qps": r["qps"], "_qpc": r["completed"] / cpu if cpu else 0.0, "_pss": pss,
-                                     "_rss": rss})
-                finally:
-                    srv.stop()
+                        servers.setdefault(name, []).append({"startup_s": srv.startup, "rss_mib": rss,
+                                                             "pss_mib": pss, "procs": len(tree(srv.p.pid))})
+                    finally:
+                        srv.stop()
         finally:
             upstream.stop()
     print(f"# DNS: schoolgate vs dnsmasq — {machine()}")
-    print(f"# {len(names):,} names (bundle compiled in {compile_s:.1f} s), dnsperf -c {args.clients} "
+    print(f"# {len(names):,} names (bundle compiled in {compile_s:.1f} s), dnsperf -c {args.clients} -q 200 "
           f"-l {args.duration:g}" + (f" -Q {args.qps}" if args.qps else "")
-          + f", schoolgate workers: {args.workers}\n")
-    cols = ["server", "mix", "qps", "latency_ms", "lost", "cpu_s", "q_per_cpu_s", "rss_mib", "pss_mib", "startup_s"]
-    print(table(rows, cols))
+          + f"; latency percentiles at -Q {args.latency_qps}; schoolgate workers: {args.workers}; "
+          f"medians of {args.repeat} rounds\n")
+    rows = []
+    agg: dict[tuple[str, str], dict] = {}
+    for name, rs in results.items():
+        for mix in mixes:
+            mine = [r for r in rs if r["mix"] == mix]
+            a = {k: median([r[k] for r in mine]) for k in mine[0] if k != "mix"}
+            agg[(name, mix)] = a
+            rows.append({"server": name, "mix": mix, "qps": f"{a['qps']:,.0f}", "lat_avg_ms": f"{a['latency_ms']:.3f}",
+                         "lost": f"{a['lost']:.0f}", "cpu_s": f"{a['cpu_s']:.2f}",
+                         "user/sys": f"{a['user_s']:.2f}/{a['sys_s']:.2f}", "q_per_cpu_s": f"{a['q_per_cpu_s']:,.0f}",
+                         "p50_ms": f"{a['p50_ms']:.3f}", "p99_ms": f"{a['p99_ms']:.3f}",
+                         "p99.9_ms": f"{a['p999_ms']:.3f}"})
+    print(table(rows, ["server", "mix", "qps", "lat_avg_ms", "lost", "cpu_s", "user/sys", "q_per_cpu_s",
+                       "p50_ms", "p99_ms", "p99.9_ms"]))
+    print()
+    mem = []
+    for name, ss in servers.items():
+        mem.append({"server": name, "processes": f"{median([s['procs'] for s in ss]):.0f}",
+                    "rss_mib": f"{median([s['rss_mib'] for s in ss]):.0f}",
+                    "pss_mib": f"{median([s['pss_mib'] for s in ss]):.0f}",
+                    "startup_s": f"{median([s['startup_s'] for s in ss]):.2f}"})
+    print(table(mem, ["server", "processes", "rss_mib", "pss_mib", "startup_s"]))
     print()
     ratios = []
-    for mix in mixes:
-        sg = next((r for r in rows if r["server"] == "schoolgate" and r["mix"] == mix), None)
-        dm = next((r for r in rows if r["server"] == "dnsmasq" and r["mix"] == mix), None)
-        if sg and dm and dm["_qps"] and dm["_qpc"]:
-            ratios.append({"mix": mix, "qps ratio": f"{sg['_qps'] / dm['_qps']:.2f}",
-                           "q/CPU-s ratio": f"{sg['_qpc'] / dm['_qpc']:.2f}",
-                           "PSS / dnsmasq RSS": f"{sg['_pss'] / dm['_rss']:.2f}"})
-    print(table(ratios, ["mix", "qps ratio", "q/CPU-s ratio", "PSS / dnsmasq RSS"]))
+    dm_rss = median([s["rss_mib"] for s in servers.get("dnsmasq", [])])
+    for name, _ in [(n, None) for n in results if n != "dnsmasq"]:
+        sg_pss = median([s["pss_mib"] for s in servers[name]])
+        for mix in mixes:
+            sg, dm = agg.get((name, mix)), agg.get(("dnsmasq", mix))
+            if sg and dm and dm["qps"] and dm["q_per_cpu_s"]:
+                ratios.append({"server": name, "mix": mix, "qps ratio": f"{sg['qps'] / dm['qps']:.2f}",
+                               "q/CPU-s ratio": f"{sg['q_per_cpu_s'] / dm['q_per_cpu_s']:.2f}",
+                               "PSS / dnsmasq RSS": f"{sg_pss / dm_rss:.2f}"})
+    print(table(ratios, ["server", "mix", "qps ratio", "q/CPU-s ratio", "PSS / dnsmasq RSS"]))
     return 0
 
 

@@ -130,6 +130,11 @@ class BlockAnswers:
                     rec = _PTR_QNAME + struct.pack(">HHIH", qtype, 1, ttl, len(addr)) + addr
                     self._by_type[qtype] = (RCODE_NOERROR, b"\x00\x01\x00\x00\x00\x00", rec)
 
+    def templates(self) -> tuple[tuple[int, bytes, bytes], dict[int, tuple[int, bytes, bytes]]]:
+        """(default, {qtype: ...}): each (rcode, counts (6 bytes: AN, NS, AR), records), for
+        the DNS fast path's template table."""
+        return self._default, dict(self._by_type)
+
     def answer(self, buf: bytes, q: Query) -> bytes:
         rcode, counts, records = self._by_type.get(q.qtype, self._default)
         return _assemble(buf, q, rcode, counts, records)

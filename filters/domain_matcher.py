@@ -140,6 +140,12 @@ class DomainMatcher:
                             np.uint64(policy), self._row, self._main_t, self._local_t)
 
     @property
+    def kernel_args(self) -> tuple:
+        """(k0, k1, main table tuple, local table tuple): what the kernels take to look a
+        name up here, for other njit code (the DNS fast path) calling them directly."""
+        return (self._k0, self._k1, self._main_t, self._local_t)
+
+    @property
     def last_row(self) -> np.ndarray:
         return self._row
 

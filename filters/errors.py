@@ -14,8 +14,9 @@ boundary where they occur, with ``raise ... from``::
     │   ├── BundleError              a bundle that is malformed, incomplete or inconsistent
     │   │   └── SignatureError       a bundle or metadata whose signature or hash does not verify
     │   ├── BadNameError             a name or address that cannot be normalised
-    │   └── PacketError              a DNS message that cannot be parsed: answer FORMERR
-    │       └── RuntPacketError      too short for a header, or not a query: drop it silently
+    │   ├── PacketError              a DNS message that cannot be parsed: answer FORMERR
+    │   │   └── RuntPacketError      too short for a header, or not a query: drop it silently
+    │   └── CaptureFileError         a file that is not pcap/pcapng, or is damaged beyond reading
     └── EnvironmentFault             our surroundings failed: I/O, downloads, resources
         └── UpdateError              a bundle update could not be fetched (network, HTTP status,
                                      too slow, larger than its cap); the last good bundle stays
@@ -39,6 +40,7 @@ __all__ = [
     "BadNameError",
     "PacketError",
     "RuntPacketError",
+    "CaptureFileError",
     "EnvironmentFault",
     "UpdateError",
 ]
@@ -109,6 +111,13 @@ class PacketError(InputError):
 class RuntPacketError(PacketError):
     """A packet that gets no answer at all: shorter than a DNS header (nothing to answer
     with) or a response sent to us (answering responses invites reflection loops)."""
+
+
+class CaptureFileError(InputError):
+    """A capture given to ``schoolgate inspect`` that is not a pcap or pcapng file. Damage
+    inside a readable file (a truncated last record, a corrupt block) is counted and
+    reported instead: what could be read is still worth inspecting. Bad packets inside a
+    capture never raise; the extractors report them (filters/extraction.py)."""
 
 
 class EnvironmentFault(SchoolgateError):

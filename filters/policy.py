@@ -70,6 +70,11 @@ class NetworkTable:
         self._v6 = [(n, p) for n, p in nets if n.version == 6]
         self.default = default
 
+    def ordered(self) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:
+        """Every (network, policy) in the order lookups try them: v4 then v6, each most
+        specific first (the DNS fast path copies this into its CIDR table)."""
+        return self._v4 + self._v6
+
     def policy_name(self, address: str) -> str:
         try:
             ip = ipaddress.ip_address(address.split("%", 1)[0])

@@ -99,6 +99,11 @@ class Bundle:
     def version(self) -> int:
         return int(self.manifest["version"])
 
+    @property
+    def demo(self) -> bool:
+        """A demonstration bundle (SOURCES.yaml ``demo: true``): never real filtering."""
+        return self.manifest.get("demo") is True
+
     @cached_property
     def catalog(self) -> Catalog:
         cats = sorted(self.manifest["categories"], key=lambda c: c["id"])

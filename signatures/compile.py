@@ -181,6 +181,8 @@ def compile_sources(
         },
         "canaries": {k: list(v) for k, v in spec.canaries.items()},
     }
+    if spec.demo:
+        manifest["demo"] = True  # shown by run, lookup and status: never mistaken for real lists
     return CompiledBundle(arrays, manifest, reports, catalog, classes)
 
 

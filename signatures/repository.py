@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from tuf.api.metadata import (
     Metadata, MetaFile, Root, Signed, Snapshot, TargetFile, Targets, Timestamp,
@@ -177,9 +177,9 @@ def _sign(md: Metadata, role: str, delegators: Iterable[Root], keyring: Keyring)
         root.verify_delegate(role, payload, md.signatures)  # our own check, same code as clients
 
 
-def _bump(signed: Signed, role: str, now: datetime) -> None:
+def _bump(signed: Signed, role: str, now: datetime, expiry: Mapping[str, timedelta]) -> None:
     signed.version += 1
-    signed.expires = now + EXPIRY[role]
+    signed.expires = now + expiry[role]
 
 
 def _utc(now: datetime) -> datetime:
@@ -188,8 +188,12 @@ def _utc(now: datetime) -> datetime:
     return now.astimezone(timezone.utc)
 
 
-def init_repo(repo_dir: str | Path, keyring: Keyring, now: datetime) -> RepoState:
-    """Create a repository: root v1 naming the keyring's keys by role, empty targets."""
+def init_repo(repo_dir: str | Path, keyring: Keyring, now: datetime,
+              expiry: Mapping[str, timedelta] = EXPIRY) -> RepoState:
+    """Create a repository: root v1 naming the keyring's keys by role, empty targets.
+
+    ``expiry`` (role -> lifetime) replaces EXPIRY for every signature made here; only the
+    demo repository, whose keys are public anyway, uses another one."""
     now = _utc(now)
     repo = Path(repo_dir)
     if (repo / "metadata").exists() and any((repo / "metadata").iterdir()):
@@ -198,7 +202,7 @@ def init_repo(repo_dir: str | Path, keyring: Keyring, now: datetime) -> RepoStat
     for sub in ("targets", "snapshot", "timestamp"):
         if not any(keyring.has_private(k.keyid) for k in keyring.by_role(sub)):
             raise InputError(f"no private {sub} key in the keys directory (run signatures keygen)")
-    root = Root(expires=now + EXPIRY["root"], consistent_snapshot=True)
+    root = Root(expires=now + expiry["root"], consistent_snapshot=True)
     for role in ROLES:
         keys = keyring.by_role(role)
         if not keys:
@@ -210,32 +214,32 @@ def init_repo(repo_dir: str | Path, keyring: Keyring, now: datetime) -> RepoStat
     if len(keyring.by_role("root")) < DEFAULT_KEY_COUNTS["root"]:
         raise InputError(f"a new repository needs {DEFAULT_KEY_COUNTS['root']} root keys "
                          f"(threshold {ROOT_THRESHOLD})")
-    state = RepoState(Metadata(root), Metadata(Targets(expires=now + EXPIRY["targets"])),
-                      Metadata(Snapshot(expires=now + EXPIRY["snapshot"])),
-                      Metadata(Timestamp(expires=now + EXPIRY["timestamp"])))
+    state = RepoState(Metadata(root), Metadata(Targets(expires=now + expiry["targets"])),
+                      Metadata(Snapshot(expires=now + expiry["snapshot"])),
+                      Metadata(Timestamp(expires=now + expiry["timestamp"])))
     _sign(state.root, "root", [root], keyring)
     try:
         (repo / "targets").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EnvironmentFault(f"cannot create repository: {exc}", Where(str(repo))) from exc
     write_metadata(repo, state.root)
-    _commit(repo, state, keyring, now, targets_changed=True, bump=False)
+    _commit(repo, state, keyring, now, targets_changed=True, bump=False, expiry=expiry)
     return state
 
 
 def _commit(repo: Path, state: RepoState, keyring: Keyring, now: datetime, *,
-            targets_changed: bool, bump: bool = True) -> None:
+            targets_changed: bool, bump: bool = True, expiry: Mapping[str, timedelta] = EXPIRY) -> None:
     """Sign and write targets (if changed), then snapshot, then timestamp."""
     root = state.root.signed
     if targets_changed:
         if bump:
-            _bump(state.targets.signed, "targets", now)
+            _bump(state.targets.signed, "targets", now, expiry)
         _sign(state.targets, "targets", [root], keyring)
         write_metadata(repo, state.targets)
     targets_bytes = state.targets.to_bytes(_SERIALIZER)
     snap = state.snapshot.signed
     if bump:
-        _bump(snap, "snapshot", now)
+        _bump(snap, "snapshot", now, expiry)
     # Length and hash as well as the version: a mirror cannot pair this snapshot with any
     # other targets file (mix-and-match), and the client knows how many bytes to accept.
     snap.meta["targets.json"] = MetaFile.from_data(state.targets.signed.version, targets_bytes, ["sha256"])
@@ -243,14 +247,14 @@ def _commit(repo: Path, state: RepoState, keyring: Keyring, now: datetime, *,
     write_metadata(repo, state.snapshot)
     ts = state.timestamp.signed
     if bump:
-        _bump(ts, "timestamp", now)
+        _bump(ts, "timestamp", now, expiry)
     ts.snapshot_meta = MetaFile.from_data(snap.version, state.snapshot.to_bytes(_SERIALIZER), ["sha256"])
     _sign(state.timestamp, "timestamp", [root], keyring)
     write_metadata(repo, state.timestamp)
 
 
 def publish(repo_dir: str | Path, bundle_dir: str | Path, keyring: Keyring, now: datetime, *,
-            self_test: bool = True) -> PublishResult:
+            self_test: bool = True, expiry: Mapping[str, timedelta] = EXPIRY) -> PublishResult:
     """Add the built bundle at ``bundle_dir`` to the repository (creating it on first use).
 
     The bundle is verified (file hashes; with ``self_test``, its canaries) and must carry a
@@ -265,7 +269,7 @@ def publish(repo_dir: str | Path, bundle_dir: str | Path, keyring: Keyring, now:
     if parse_rfc3339(expires) <= now:
         raise BundleError(f"bundle expired at {expires}; rebuild it", Where(str(bundle_dir)))
     repo = Path(repo_dir)
-    state = load_repo(repo) or init_repo(repo, keyring, now)
+    state = load_repo(repo) or init_repo(repo, keyring, now, expiry)
     if bundle.version <= state.bundle_version:
         raise BundleError(f"bundle version {bundle.version} is not newer than the published "
                           f"version {state.bundle_version}; raise version: in SOURCES.yaml",
@@ -274,8 +278,10 @@ def publish(repo_dir: str | Path, bundle_dir: str | Path, keyring: Keyring, now:
     os.close(fd)
     try:
         pack_bundle(bundle_dir, tmp)
-        return add_bundle_archive(repo, tmp, bundle.version, keyring, now,
-                                  custom={"expires": expires, "created": bundle.manifest.get("created")})
+        custom = {"expires": expires, "created": bundle.manifest.get("created")}
+        if bundle.demo:
+            custom["demo"] = True
+        return add_bundle_archive(repo, tmp, bundle.version, keyring, now, custom=custom, expiry=expiry)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -291,7 +297,8 @@ def _targets_dir(repo: Path) -> Path:
 
 
 def add_bundle_archive(repo_dir: str | Path, archive: str | Path, version: int, keyring: Keyring,
-                       now: datetime, custom: dict | None = None) -> PublishResult:
+                       now: datetime, custom: dict | None = None,
+                       expiry: Mapping[str, timedelta] = EXPIRY) -> PublishResult:
     """Sign ``archive`` as the repository's bundle target, claiming bundle ``version``.
 
     No check of the archive's content or of the version order: :func:`publish` does those.
@@ -316,7 +323,7 @@ def add_bundle_archive(repo_dir: str | Path, archive: str | Path, version: int, 
     except OSError as exc:
         raise EnvironmentFault(f"cannot write target: {exc}", Where(str(tdir))) from exc
     state.targets.signed.targets = {TARGET_NAME: tf}
-    _commit(repo, state, keyring, now, targets_changed=True)
+    _commit(repo, state, keyring, now, targets_changed=True, expiry=expiry)
     _prune_targets(repo, state)
     return PublishResult(version, url_path, tf.length, sha, _versions(state))
 
@@ -399,7 +406,7 @@ def rotate_keys(repo_dir: str | Path, keyring: Keyring, role: str, now: datetime
     r = new.roles[role]
     if r.threshold < 1 or len(r.keyids) < r.threshold:
         raise InputError(f"{role} would have {len(r.keyids)} key(s) for a threshold of {r.threshold}")
-    _bump(new, "root", now)
+    _bump(new, "root", now, EXPIRY)
     _sign(state.root, "root", [old_root, new], keyring)
     write_metadata(repo, state.root)
     _commit(repo, state, keyring, now, targets_changed=(role == "targets"))

@@ -9,6 +9,7 @@
                    attribution: "UT1, Université Toulouse Capitole"}]
         keywords: ["casino"]  # optional: URL/payload substrings for the keyword scanner
     allow: [{path: allow.txt, format: domains}]
+    demo: true               # optional: a demo bundle, labelled so wherever it shows
 
 Paths are relative to the SOURCES.yaml file. Every problem is reported with file:line:col.
 """
@@ -62,6 +63,7 @@ class SourcesSpec:
     categories: tuple[CategorySpec, ...]
     allow: tuple[SourceSpec, ...]
     canaries: dict = field(default_factory=dict)
+    demo: bool = False  # a demonstration bundle: the manifest says so and every view shows it
 
     @property
     def all_sources(self) -> list[SourceSpec]:
@@ -74,7 +76,7 @@ def load_sources(path: str | Path, text: str | None = None) -> SourcesSpec:
     d = doc.data
     if not isinstance(d, dict):
         raise doc.error("SOURCES file must be a mapping with version, categories, allow")
-    _known_keys(doc, d, (), {"version", "expires_days", "categories", "allow", "canaries"})
+    _known_keys(doc, d, (), {"version", "expires_days", "categories", "allow", "canaries", "demo"})
     version = d.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise doc.error("version must be a positive integer", "version")
@@ -112,7 +114,10 @@ def load_sources(path: str | Path, text: str | None = None) -> SourcesSpec:
         for k, v in canaries.items()
     ):
         raise doc.error("canaries must be {block: [names], allow: [names]}", "canaries")
-    return SourcesSpec(doc.file, version, expires, tuple(cats), tuple(allow), canaries)
+    demo = d.get("demo", False)
+    if not isinstance(demo, bool):
+        raise doc.error("demo must be true or false", "demo")
+    return SourcesSpec(doc.file, version, expires, tuple(cats), tuple(allow), canaries, demo)
 
 
 def _known_keys(doc: YamlDoc, d: dict, path: tuple, known: set[str]) -> None:

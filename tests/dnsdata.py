@@ -63,3 +63,23 @@ def mutations(seed: bytes, rng: random.Random, count: int) -> Iterator[bytes]:
         for _ in range(rng.randint(1, 4)):
             b[rng.randrange(len(b))] = rng.choice((0, 0xC0, 0x3F, 0xFF, rng.randrange(256)))
         yield bytes(b)
+
+
+def hostile_packets(rng: random.Random, total: int, extra_seeds: list[bytes] = ()) -> list[bytes]:
+    """``total`` packets for fuzzing a DNS server: the shared seeds, the malformed set and
+    ``extra_seeds``, their mutations, random bytes, and headers whose counts lie."""
+    seeds = fuzz_seeds() + list(malformed().values()) + list(extra_seeds) + [query("example.org", edns=True)]
+    out: list[bytes] = []
+    while len(out) < total:
+        seed = rng.choice(seeds)
+        kind = rng.random()
+        if kind < 0.6:
+            out.extend(mutations(seed, rng, 8))
+        elif kind < 0.8:
+            out.append(rng.randbytes(rng.randrange(0, 80)))
+        else:
+            b = bytearray(seed[:60])
+            if len(b) >= 12:
+                b[4:12] = struct.pack(">HHHH", *(rng.choice((0, 1, 2, 255, 65535)) for _ in range(4)))
+            out.append(bytes(b) + rng.randbytes(rng.randrange(0, 30)))
+    return out[:total]

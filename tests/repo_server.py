@@ -17,10 +17,11 @@ from pathlib import Path
 
 @dataclass
 class Fault:
-    kind: str  # "bytes" | "status" | "endless" | "slow" | "slow-headers" | "huge-length"
+    kind: str  # "bytes" | "status" | "endless" | "slow" | "slow-headers" | "huge-length" | "paced"
     data: bytes = b""
     status: int = 200
-    interval: float = 0.0  # slow: seconds between bytes
+    interval: float = 0.0  # slow: seconds between bytes; paced: between chunks
+    chunk: int = 64 << 10  # paced: bytes per write (a real file, served at chunk / interval B/s)
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -102,6 +103,21 @@ class RepoServer:
                 if self.stopping.is_set():
                     return None
                 h.wfile.write(data[i:i + 1])
+                h.wfile.flush()
+                time.sleep(fault.interval)
+            return None
+        if fault.kind == "paced":  # the real file, at a bounded rate (the power-loss test's delay hook)
+            file = self.root / path.lstrip("/")
+            if not file.is_file():
+                return self._send(h, 404, b"not found")
+            data = fault.data or file.read_bytes()
+            h.send_response(200)
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            for i in range(0, len(data), fault.chunk):
+                if self.stopping.is_set():
+                    return None
+                h.wfile.write(data[i:i + fault.chunk])
                 h.wfile.flush()
                 time.sleep(fault.interval)
             return None

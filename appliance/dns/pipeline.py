@@ -25,9 +25,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from appliance.dns.cache import WireCache
 from appliance.dns.ratelimit import RateLimiter
 from filters import _domain_kernels as K
+from filters.dns_fast import counter_values, new_counters
 from filters.dns_answer import (TYPE_ANY, badvers_response, error_response, minimal_any,
                                 negative_answer, opt_record, render_cached)
 from filters.dns_response import (RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_REFUSED, RCODE_SERVFAIL,
@@ -85,11 +88,17 @@ class Counters:
     servfail: int = 0
     internal_errors: int = 0
     slow_path: int = 0
+    # What the UDP fast path (filters/_dns_kernels.py) counted itself; snapshot adds it in.
+    fast: np.ndarray = field(default_factory=new_counters)
 
     def snapshot(self, category_names: Callable[[int], list[str]]) -> dict:
-        out = {k: v for k, v in vars(self).items() if k != "blocked_by_mask"}
+        out = {k: v for k, v in vars(self).items() if k not in ("blocked_by_mask", "fast")}
+        named, bits = counter_values(self.fast)
+        for k, v in named.items():
+            out[k] = out.get(k, 0) + v
         per: dict[str, int] = {}
-        for mask, n in self.blocked_by_mask.items():
+        masks = [(mask, n) for mask, n in self.blocked_by_mask.items()] + [(1 << b, n) for b, n in bits.items()]
+        for mask, n in masks:
             for name in category_names(mask):
                 per[name] = per.get(name, 0) + n
         out["blocked_by_category"] = per
@@ -111,11 +120,12 @@ class Pipeline:
         self._last_error_log = -1e9
 
     # -- the failure policy wrapper --------------------------------------------------------
-    def handle(self, buf: bytes, client: str, udp: bool = True) -> bytes | Forward | None:
+    def handle(self, buf: bytes, client: str, udp: bool = True, rate_checked: bool = False) -> bytes | Forward | None:
+        """``rate_checked``: the UDP fast path already took this query's token."""
         c = self.counters
         c.queries += 1
         try:
-            if self.limiter is not None and not self.limiter.allow(client, self.clock()):
+            if self.limiter is not None and not rate_checked and not self.limiter.allow(client, self.clock()):
                 c.rate_limited += 1
                 return None
             return self._fast(buf, client, udp)

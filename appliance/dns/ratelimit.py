@@ -8,7 +8,12 @@ clients are forgotten, which only ever gives a forgotten client a full bucket ag
 
 from __future__ import annotations
 
-__all__ = ["RateLimiter", "MAX_TRACKED_CLIENTS"]
+import numpy as np
+
+from filters import _dns_kernels as K
+from filters.dns_fast import client_key
+
+__all__ = ["RateLimiter", "ArrayRateLimiter", "disabled_limiter", "MAX_TRACKED_CLIENTS"]
 
 # A school has a few thousand devices; 65,536 buckets (~10 MB) cover a /16 and keep a
 # flood of spoofed sources from growing memory.
@@ -40,3 +45,44 @@ class RateLimiter:
             return False
         b[0] = tokens - 1.0
         return True
+
+
+def _limiter_arrays(rate: float, burst: float, max_clients: int, enabled: bool, seed: int | None) -> tuple:
+    slots = 16
+    while slots < 2 * max_clients:
+        slots *= 2
+    state = np.zeros(K.LS_WIDTH, dtype=np.int64)
+    state[K.LS_ENABLED] = int(enabled)
+    state[K.LS_CAP] = max_clients
+    state[K.LS_SMASK] = slots - 1
+    key = np.random.default_rng(seed).integers(0, 2**64, size=2, dtype=np.uint64)
+    return (state, np.array([rate, max(burst, 1.0)], dtype=np.float64), key, np.zeros(slots, dtype=np.int64),
+            np.zeros((max_clients, 4), dtype=np.uint64), np.zeros((max_clients, 2), dtype=np.float64))
+
+
+def disabled_limiter() -> tuple:
+    """The arrays of a limiter that allows everything (rate limiting off)."""
+    return _limiter_arrays(0.0, 1.0, 1, False, 0)
+
+
+class ArrayRateLimiter:
+    """RateLimiter's behaviour (same buckets, same arithmetic, the oldest half forgotten when
+    full) in arrays that the DNS fast path's batch kernel updates itself, so that a client's
+    UDP queries answered there and its queries through Python (TCP, the slow path) draw on one
+    bucket. Clients are keyed by address bytes (a keyed SipHash picks the slot, so spoofed
+    sources cannot aim at one chain)."""
+
+    def __init__(self, rate: float, burst: float, max_clients: int = MAX_TRACKED_CLIENTS,
+                 seed: int | None = None) -> None:
+        if max_clients < 2:
+            raise ValueError("the limiter tracks at least two clients")
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self.max_clients = max_clients
+        self.arrays = _limiter_arrays(rate, burst, max_clients, True, seed)
+
+    def allow(self, client: str, now: float) -> bool:
+        return bool(K.lim_allow_client(self.arrays, client_key(client), float(now)))
+
+    def __len__(self) -> int:
+        return int(self.arrays[0][K.LS_COUNT])

@@ -19,6 +19,9 @@ import logging
 import socket
 from typing import Callable
 
+from appliance.dns.fastpath import FastPath, warm_up
+from appliance.dns.fastpath import usable as fast_usable
+from appliance.memory import release_file_pages
 from appliance.dns.pipeline import Forward, Pipeline
 from appliance.dns.upstream import UpstreamSet
 from filters.dns_answer import error_response
@@ -76,8 +79,11 @@ class DnsServer:
     """Serves ``pipeline`` (replaceable at any time: reloads swap it) on bound sockets."""
 
     def __init__(self, pipeline: Pipeline, upstreams: UpstreamSet, *, idle_timeout: float = 10.0,
-                 max_connections: int = 256) -> None:
+                 max_connections: int = 256, fast_path: bool = False) -> None:
         self.pipeline = pipeline
+        # UDP through the batched jitted path (appliance/dns/fastpath.py) when the pipeline
+        # allows it; the plain loop below otherwise.
+        self.fast: FastPath | None = FastPath() if fast_path else None
         self.upstreams = upstreams
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
@@ -91,6 +97,9 @@ class DnsServer:
 
     async def start(self, sockets: list[tuple[socket.socket, socket.socket]]) -> None:
         loop = asyncio.get_running_loop()
+        if self.fast is not None:
+            warm_up(self.pipeline.matcher, self.pipeline.policies)  # every kernel loaded ...
+            release_file_pages()  # ... so the pages only loading needed (LLVM) can go
         for udp, tcp in sockets:
             self._udp.append(udp)
             loop.add_reader(udp.fileno(), self._udp_ready, udp)
@@ -108,9 +117,14 @@ class DnsServer:
             await asyncio.wait(self._tasks, timeout=1.0)
         for s in self._udp:
             s.close()
+        if self.fast is not None:
+            log.info("fast path", extra={"fast_path": self.fast.stats})
 
     # -- UDP ---------------------------------------------------------------------------------
     def _udp_ready(self, sock: socket.socket) -> None:
+        if self.fast is not None and fast_usable(self.pipeline):
+            self.fast.drain(sock, self)
+            return
         handle = self.pipeline.handle
         for _ in range(UDP_BATCH):
             try:
@@ -144,12 +158,15 @@ class DnsServer:
             if answer:
                 send(answer)
             return None
-        task = asyncio.get_running_loop().create_task(self._resolve_and_send(fwd, send))
+        # The pipeline of the moment: a bundle swap while this query waits upstream must not
+        # judge its answer with the new matcher under the old policy's category bits.
+        task = asyncio.get_running_loop().create_task(self._resolve_and_send(fwd, send, self.pipeline))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _resolve_and_send(self, fwd: Forward, send: Callable[[bytes], None]) -> None:
+    async def _resolve_and_send(self, fwd: Forward, send: Callable[[bytes], None],
+                                pipeline: Pipeline) -> None:
         try:
             response = await self._resolve(fwd)
         except asyncio.CancelledError:
@@ -157,7 +174,7 @@ class DnsServer:
         except Exception:
             log.exception("upstream query failed unexpectedly")
             response = None
-        answer = self.pipeline.finish(fwd, response)
+        answer = pipeline.finish(fwd, response)
         if answer is not None:
             send(answer)
 

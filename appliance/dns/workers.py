@@ -10,6 +10,14 @@ the supervisor first — an invalid config is refused once, here, and the worker
 it; a valid one is rebuilt here (so restarted workers fork from it) and passed on as SIGHUP
 for each worker to reload. A worker that dies is restarted, at most once per
 RESTART_DELAY per slot so that a crash loop cannot spin.
+
+Updates: the supervisor runs the update scheduler (appliance/scheduler.py; SIGUSR2 = check
+now), so the repository sees one poll per appliance, not one per worker. It watches
+``bundles/current``; when an update (its own or a manual one) has moved it, it rebuilds (so
+that a restarted worker forks from the new bundle), records what is served in run.json and
+sends every worker SIGUSR2, on which each swaps between two queries (service.py) — all
+within milliseconds of each other, so that clients spread over the workers do not see the
+old and the new verdicts alternate.
 """
 
 from __future__ import annotations
@@ -22,7 +30,10 @@ import time
 
 from appliance.config import ConfigErrors
 from appliance.dns.server import open_sockets
-from appliance.dns.service import Built, Service, build, load_run_config
+from appliance.dns.service import (Built, Service, utc_text, build, load_run_config, log_serving,
+                                   make_scheduler, run_record)
+from appliance.embedded import resolve_bundle
+from appliance.state import clear_run_state, write_run_state
 from filters.errors import SchoolgateError
 
 __all__ = ["Supervisor", "RESTART_DELAY"]
@@ -42,6 +53,9 @@ class Supervisor:
         self.pids: dict[int, int] = {}  # pid -> slot
         self._last_start: dict[int, float] = {}
         self._flags: set[int] = set()
+        self.scheduler = None
+        self._started = utc_text()
+        self._refused = None  # a bundle the config could not use: not retried
 
     def _spawn(self, slot: int) -> None:
         self._last_start[slot] = time.monotonic()
@@ -51,7 +65,11 @@ class Supervisor:
             try:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                     signal.signal(sig, signal.SIG_DFL)
-                code = asyncio.run(Service(self.config_path, self.built, reuse_port=True, worker=slot).run())
+                # "swap now" arriving before the worker listens for it must not kill it; the
+                # worker looks for a newer bundle once it is ready anyway.
+                signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+                code = asyncio.run(Service(self.config_path, self.built, reuse_port=True, worker=slot,
+                                           owner=False).run())
             except BaseException:
                 log.exception("worker %d failed", slot)
             finally:
@@ -64,11 +82,14 @@ class Supervisor:
         for pair in open_sockets(self.built.cfg.dns.listen, reuse_port=True):
             for s in pair:
                 s.close()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+                    signal.SIGCHLD):
             signal.signal(sig, lambda s, _f: self._flags.add(s))
         for slot in range(self.n):
             self._spawn(slot)
         log.info("supervisor started %d workers", self.n, extra={"pids": sorted(self.pids)})
+        self.scheduler = make_scheduler(self.config_path, self.built.cfg)
+        self._write_run_state(self._started)
         while True:
             time.sleep(_TICK)  # interrupted early by any signal
             flags, self._flags = self._flags, set()
@@ -78,20 +99,50 @@ class Supervisor:
                 self._reload()
             if signal.SIGUSR1 in flags:
                 self._tell(signal.SIGUSR1)
+            if signal.SIGUSR2 in flags and self.scheduler is not None:
+                self.scheduler.check_now()
+            try:
+                if self.scheduler is not None:
+                    self.scheduler.poll()
+                self._follow_bundle()
+            except Exception:  # a bug of ours must not take the workers down with us
+                log.exception("update scheduling failed")
             self._reap()
 
+    def _follow_bundle(self) -> None:
+        """Rebuild when bundles/current moved, then tell the workers to swap."""
+        found = resolve_bundle(self.built.cfg)
+        if found is None or found[0] in (self.built.bundle.path, self._refused):
+            return
+        try:
+            built = build(self.built.cfg, found)
+        except SchoolgateError as exc:
+            self._refused = found[0]
+            log.error("new bundle refused, the running one stays: %s", exc, extra={"bundle": str(found[0])})
+            return
+        self.built, self._refused = built, None
+        self._tell(signal.SIGUSR2)
+        log_serving(built, "bundle activated; workers swap to it")
+        self._write_run_state(utc_text())
+
+    def _write_run_state(self, since: str) -> None:
+        try:
+            write_run_state(self.built.cfg.state_dir, run_record(self.built, since, self._started, self.n))
+        except SchoolgateError as exc:
+            log.error("%s", exc)
+
     def _reap(self) -> None:
-        for _ in range(len(self.pids) + 1):
+        # Worker by worker, not waitpid(-1): the updater child is the scheduler's to reap.
+        for pid in list(self.pids):
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                return
-            if pid == 0:
-                break
-            slot = self.pids.pop(pid, None)
-            if slot is not None:
-                log.error("worker %d (pid %d) exited with status %d; restarting", slot, pid,
-                          os.waitstatus_to_exitcode(status))
+                done, status = pid, 0
+            if done == 0:
+                continue
+            slot = self.pids.pop(pid)
+            log.error("worker %d (pid %d) exited with status %d; restarting", slot, pid,
+                      os.waitstatus_to_exitcode(status))
         running = set(self.pids.values())
         for slot in range(self.n):
             if slot not in running and time.monotonic() - self._last_start.get(slot, 0) >= RESTART_DELAY:
@@ -107,7 +158,14 @@ class Supervisor:
         except SchoolgateError as exc:
             log.error("config refused, keeping the running one: %s", exc)
             return
-        self.built = built
+        self.built, self._refused = built, None
+        if self.scheduler is not None and built.cfg.updates is not None:
+            self.scheduler.reconfigure(built.cfg.file, built.cfg.updates)
+        else:
+            if self.scheduler is not None:
+                self.scheduler.stop()
+            self.scheduler = make_scheduler(self.config_path, built.cfg)
+        self._write_run_state(utc_text())
         self._tell(signal.SIGHUP)
 
     def _tell(self, sig: int) -> None:
@@ -118,6 +176,9 @@ class Supervisor:
                 pass
 
     def _stop(self) -> int:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        clear_run_state(self.built.cfg.state_dir, os.getpid())
         self._tell(signal.SIGTERM)
         deadline = time.monotonic() + _STOP_GRACE
         while self.pids and time.monotonic() < deadline:

@@ -3,6 +3,7 @@ dig and dnspython as clients — all on 127.0.0.0/8 (and [::1] when there is one
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -252,7 +253,11 @@ def test_default_run_without_config(tmp_path: Path) -> None:
     try:
         assert ask(5353, "www.0-casino.info").rcode() == dns.rcode.NXDOMAIN
         assert ask(5353, "dns.google", tcp=True).rcode() == dns.rcode.NXDOMAIN
-        assert (tmp_path / "xdg" / "schoolgate" / "embedded-bundle" / "manifest.json").is_file()
+        # the signed demo bundle, installed by the updater into its own state directory
+        demo = tmp_path / "xdg" / "schoolgate" / "demo"
+        assert (demo / "bundles" / "current" / "manifest.json").is_file()
+        assert json.loads((demo / "update-state.json").read_text())["last_result"] == "updated"
+        assert "DEMO" in sg.text()
         assert time.monotonic() - t0 < 60
     finally:
         assert sg.stop() == 0

@@ -55,7 +55,7 @@ def test_updates_errors_name_their_position(tmp_path: Path) -> None:
 updates:
   repository: ftp://example.org/
   trusted_root: missing.json
-  interval: 10s
+  interval: 0s
   timeout: soon
   keep: 0
   mirror: x
@@ -66,7 +66,7 @@ updates:
         f"{f}:7:3: unknown key updates.mirror (known: interval, keep, repository, timeout, trusted_root)",
         f"{f}:2:15: updates.repository must be an http://, https:// or file:// URL",
         f"{f}:3:17: trusted root not found: {tmp_path / 'missing.json'}",
-        f"{f}:4:13: updates.interval must be a duration from 60 s to 168 h (e.g. 90s, 30m, 1h)",
+        f"{f}:4:13: updates.interval must be a duration from 1 s to 168 h (e.g. 90s, 30m, 1h)",
         f"{f}:5:12: updates.timeout must be a duration from 1 s to 24 h (e.g. 90s, 30m, 1h)",
         f"{f}:6:9: updates.keep must be a whole number from 1 to 100",
     ]

@@ -63,3 +63,14 @@ def test_bad_files_name_the_position(tmp_path: Path, text: str, where: str, mess
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_sources(tmp_path / "absent.yaml")
+
+
+def test_demo_flag(tmp_path: Path) -> None:
+    f = tmp_path / "sources.yaml"
+    f.write_text(GOOD)
+    assert load_sources(f).demo is False
+    f.write_text(GOOD + "demo: true\n")
+    assert load_sources(f).demo is True
+    f.write_text(GOOD + "demo: yes please\n")
+    with pytest.raises(ConfigError, match=r"sources.yaml:10:7: demo must be true or false"):
+        load_sources(f)

@@ -53,7 +53,13 @@ def test_recovery_removes_leftovers_but_not_the_active_bundle(tmp_path: Path) ->
     (tmp_path / "downloads" / "4-bbbbbbbb.tar").write_bytes(b"partial")
     os.symlink("4-bbbbbbbb", tmp_path / "bundles" / ".current.1234")
     (tmp_path / "bundles" / ".3-aaaaaaaa.tmp").mkdir()
+    (tmp_path / ".update-state.json.k3j4.tmp").write_text("{")  # a killed atomic write
+    (tmp_path / "tuf").mkdir()
+    (tmp_path / "tuf" / "tmpx8a1").write_text("{")  # ngclient's, likewise
+    (tmp_path / "tuf" / "timestamp.json").write_text("{}")
     recover_state_dir(tmp_path)
+    assert [p.name for p in tmp_path.glob(".*.tmp")] == [] and [p.name for p in (tmp_path / "tuf").iterdir()] == [
+        "timestamp.json"]
     assert list((tmp_path / "staging").iterdir()) == [] and list((tmp_path / "downloads").iterdir()) == []
     assert sorted(p.name for p in (tmp_path / "bundles").iterdir()) == ["3-aaaaaaaa", "current"]
     assert active_bundle_dir(tmp_path).name == "3-aaaaaaaa"

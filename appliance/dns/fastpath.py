@@ -1,0 +1,294 @@
+"""The DNS fast path's socket side: a batch of datagrams per system call, one jitted call.
+
+When a UDP socket is readable, :meth:`FastPath.drain` calls one njit function that loops:
+``recvmmsg`` (up to a batch of datagrams and their source addresses, straight into numpy
+buffers), the batch kernel (filters/_dns_kernels.process_batch: rate limit, parse, policy,
+match, answer from templates or the wire cache), ``sendmmsg`` of every answer — until the
+socket is empty, a batch holds packets for Python, or FAST_ROUNDS batches have been served
+(so TCP, timers and upstream replies get their turn). Packets the kernel hands over (cache
+misses to forward, anything unusual) go through the pipeline exactly as the plain loop
+would send them, and are answered with ``sendto`` or forwarded.
+
+The system calls are made from the jitted code: ``recvmmsg``/``sendmmsg`` are declared as
+external functions (a numba intrinsic; the symbol is resolved in the process, i.e. libc),
+which keeps the function cacheable (ctypes function pointers are baked into the code as
+addresses and make numba refuse to cache). Measured against calling them through ctypes
+from Python once per batch: see README "DNS service".
+
+Buffers are laid out by ctypes (struct mmsghdr, iovec), so the offsets are the platform's;
+the kernel writes only lengths (through numpy views with the right strides) and copies
+source addresses, never pointers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import socket
+import sys
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from appliance.dns.cache import ArrayCache
+from appliance.dns.pipeline import Pipeline
+from appliance.dns.ratelimit import ArrayRateLimiter, disabled_limiter
+from filters import _dns_kernels as K
+from filters.dns_fast import DEFAULT_BATCH, Batch, FastTables, new_counters
+from filters.dns_response import Normalised
+from filters.domain_matcher import DomainMatcher
+from filters.policy import PolicySet
+
+__all__ = ["FastPath", "FAST_ROUNDS", "usable", "warm_up"]
+
+log = logging.getLogger("schoolgate.dns")
+
+# Batches served per jitted call before returning to the event loop: 16 × 64 datagrams is
+# ~1 ms of work at ~1 µs a query, so other events wait at most about that long.
+FAST_ROUNDS = 16
+# Calls per readable event (each returns early when it hands packets to Python).
+_CALLS_PER_WAKEUP = 4
+# struct sockaddr_storage would be 128 bytes; sockaddr_in6 (28) is the largest we receive.
+SOCKADDR_WIDTH = 32
+_AF_INET, _AF_INET6 = int(socket.AF_INET), int(socket.AF_INET6)
+_MSG_DONTWAIT = int(getattr(socket, "MSG_DONTWAIT", 0x40))
+# Results of one jitted call (R_BATCHES and R_PACKETS accumulate across calls).
+R_RECEIVED, R_SLOW, R_SEND_ERRORS, R_BATCHES, R_PACKETS = 0, 1, 2, 3, 4
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
+
+
+def _declare(builder, name, ret, args):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+@intrinsic
+def _recvmmsg(typingctx, fd, vec, vlen, flags):
+    """int recvmmsg(int fd, struct mmsghdr *vec, unsigned vlen, int flags, NULL)."""
+    def codegen(context, builder, signature, args):
+        i32, vp = ir.IntType(32), ir.IntType(8).as_pointer()
+        fn = _declare(builder, "recvmmsg", i32, [i32, vp, i32, i32, vp])
+        a = [builder.trunc(args[0], i32), builder.inttoptr(args[1], vp), builder.trunc(args[2], i32),
+             builder.trunc(args[3], i32), ir.Constant(vp, None)]
+        return builder.sext(builder.call(fn, a), ir.IntType(64))
+    return types.int64(types.int64, types.int64, types.int64, types.int64), codegen
+
+
+@intrinsic
+def _sendmmsg(typingctx, fd, vec, vlen, flags):
+    """int sendmmsg(int fd, struct mmsghdr *vec, unsigned vlen, int flags)."""
+    def codegen(context, builder, signature, args):
+        i32, vp = ir.IntType(32), ir.IntType(8).as_pointer()
+        fn = _declare(builder, "sendmmsg", i32, [i32, vp, i32, i32])
+        a = [builder.trunc(args[0], i32), builder.inttoptr(args[1], vp), builder.trunc(args[2], i32),
+             builder.trunc(args[3], i32)]
+        return builder.sext(builder.call(fn, a), ir.IntType(64))
+    return types.int64(types.int64, types.int64, types.int64, types.int64), codegen
+
+
+@njit(cache=True)
+def _client(name, namelen, addr):
+    """The kernels' client row (family 4/6, address bytes) from a received sockaddr."""
+    addr[:] = 0
+    if namelen < 2:
+        return
+    fam = np.int64(name[0]) | np.int64(name[1])  # sa_family in host order: one byte is 0
+    if fam == _AF_INET and namelen >= 8:
+        addr[0] = 4
+        addr[1:5] = name[4:8]
+    elif fam == _AF_INET6 and namelen >= 24:
+        addr[0] = 6
+        addr[1:17] = name[8:24]
+
+
+@njit(cache=True)
+def _serve(fd, io, rx, rxlen, addrs, tx, txlen, txsrc, act, tables, match, cache, limiter, counters, scratch,
+           now, rounds, result):
+    """recvmmsg → process_batch → sendmmsg, up to ``rounds`` batches (see the module doc)."""
+    rx_vec, tx_vec, hdr_size, rx_namelen, rx_msglen, names, tx_namelen, tx_iovlen, tx_names = io
+    size = rx.shape[0]
+    result[R_RECEIVED] = 0
+    result[R_SLOW] = 0
+    for _ in range(rounds):
+        for i in range(size):
+            rx_namelen[i] = names.shape[1]
+        n = _recvmmsg(fd, rx_vec, size, _MSG_DONTWAIT)
+        if n <= 0:
+            return  # nothing waiting (EAGAIN) or an error the plain loop would also skip
+        result[R_RECEIVED] = n
+        result[R_BATCHES] += 1
+        result[R_PACKETS] += n
+        for i in range(n):
+            rxlen[i] = rx_msglen[i]
+            _client(names[i], np.int64(rx_namelen[i]), addrs[i])
+        nsend = K.process_batch(n, rx, rxlen, addrs, tx, txlen, txsrc, act, tables, match, cache, limiter,
+                                counters, scratch, now)
+        for j in range(nsend):
+            s = txsrc[j]
+            tx_names[j, :] = names[s, :]
+            tx_namelen[j] = rx_namelen[s]
+            tx_iovlen[j] = txlen[j]
+        k = 0
+        while k < nsend:
+            sent = _sendmmsg(fd, tx_vec + k * hdr_size, nsend - k, _MSG_DONTWAIT)
+            if sent <= 0:  # the first of the rest failed (buffer full, bad address): skip it
+                result[R_SEND_ERRORS] += 1
+                k += 1
+            else:
+                k += sent
+        slow = 0
+        for i in range(n):
+            if act[i] == K.ACT_PYTHON:
+                slow += 1
+        if slow:
+            result[R_SLOW] = slow
+            return  # Python takes them before the buffers are reused
+        if n < size:
+            return
+
+
+def warm_up(matcher: DomainMatcher, policies: PolicySet) -> None:
+    """Load every kernel the service runs (numba loads cached code on first call) for the
+    argument types it will see: before workers are forked, so that they share the code, and
+    before appliance.memory.release_file_pages, which assumes LLVM is no longer needed."""
+    fp = FastPath(1)
+    tables = FastTables.build(policies, matcher)
+    cache = ArrayCache(4, 1, seed=0)
+    limiter = ArrayRateLimiter(1.0, 1.0, 2, seed=0)
+    b = fp.batch
+    _serve(-1, fp._io, b.rx, b.rxlen, b.addrs, b.tx, b.txlen, b.txsrc, b.act, tables.tables, tables.match,
+           cache.arrays, limiter.arrays, new_counters(), b.scratch, 0.0, 1, fp._result)  # EBADF: no I/O
+    _serve(-1, fp._io, b.rx, b.rxlen, b.addrs, b.tx, b.txlen, b.txsrc, b.act, tables.tables, tables.match,
+           cache.arrays, disabled_limiter(), new_counters(), b.scratch, 0.0, 1, fp._result)
+    key = b"\x01a\x00\x00\x01\x00\x01\x00"
+    cache.put(key, Normalised(0x8180, (0, 0, 0), b"", 20, [(0, 1)], 1, [b"\x01b\x00"]), 0.0)
+    cache.get(key, 0.0)
+    cache.get_stale(key, 100.0)
+    limiter.allow("127.0.0.1", 0.0)
+
+
+def usable(pipeline: Pipeline) -> bool:
+    """Can the kernel stand in for this pipeline? Its rate limiter must be one the kernel
+    shares (or none); any cache works (the kernel answers hits only from an ArrayCache)."""
+    return pipeline.limiter is None or isinstance(pipeline.limiter, ArrayRateLimiter)
+
+
+class FastPath:
+    """Batch buffers and the current pipeline's tables; one per DnsServer (the event loop
+    serves one socket at a time, so the buffers are shared by every UDP socket)."""
+
+    def __init__(self, batch: int = DEFAULT_BATCH) -> None:
+        self.batch = Batch(batch)
+        self.send_errors = 0
+        self._pipeline: Pipeline | None = None
+        self._tables: FastTables | None = None
+        self._none_limiter = disabled_limiter()
+        self._no_cache = ArrayCache(0, 0).arrays
+        self._result = np.zeros(5, dtype=np.int64)
+        self.wakeups = 0
+        b = self.batch
+        self._names = np.zeros((batch, SOCKADDR_WIDTH), dtype=np.uint8)
+        self._tx_names = np.zeros((batch, SOCKADDR_WIDTH), dtype=np.uint8)
+        self._rx_hdrs, self._rx_iovs = (_MMsgHdr * batch)(), (_IoVec * batch)()
+        self._tx_hdrs, self._tx_iovs = (_MMsgHdr * batch)(), (_IoVec * batch)()
+        for i in range(batch):
+            for hdrs, iovs, data, names, width in ((self._rx_hdrs, self._rx_iovs, b.rx, self._names, b.rx.shape[1]),
+                                                   (self._tx_hdrs, self._tx_iovs, b.tx, self._tx_names, 0)):
+                iovs[i].base = data[i].ctypes.data
+                iovs[i].len = width
+                hdrs[i].hdr.name = names[i].ctypes.data
+                hdrs[i].hdr.namelen = SOCKADDR_WIDTH
+                hdrs[i].hdr.iov = ctypes.addressof(iovs[i])
+                hdrs[i].hdr.iovlen = 1
+        hdr = ctypes.sizeof(_MMsgHdr)
+
+        def view(arr, dtype, offset: int, stride: int) -> np.ndarray:
+            return np.ndarray((batch,), dtype=dtype, buffer=arr, offset=offset, strides=(stride,))
+
+        namelen = _MMsgHdr.hdr.offset + _MsgHdr.namelen.offset
+        self._io = (ctypes.addressof(self._rx_hdrs), ctypes.addressof(self._tx_hdrs), hdr,
+                    view(self._rx_hdrs, np.uint32, namelen, hdr), view(self._rx_hdrs, np.uint32, _MMsgHdr.len.offset, hdr),
+                    self._names, view(self._tx_hdrs, np.uint32, namelen, hdr),
+                    view(self._tx_iovs, np.uintp, _IoVec.len.offset, ctypes.sizeof(_IoVec)), self._tx_names)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Readable events served, batches received (recvmmsg calls that returned
+        datagrams) and datagrams: datagrams per batch is how well the batching works."""
+        return {"wakeups": self.wakeups, "batches": int(self._result[R_BATCHES]),
+                "datagrams": int(self._result[R_PACKETS])}
+
+    def tables(self, pipeline: Pipeline) -> FastTables:
+        """The tables for ``pipeline``, rebuilt when it was replaced (reload, bundle swap)."""
+        if pipeline is not self._pipeline or self._tables is None:
+            self._tables = FastTables.build(pipeline.policies, pipeline.matcher)
+            self._pipeline = pipeline
+        return self._tables
+
+    def drain(self, sock: socket.socket, server) -> None:
+        """Serve what is waiting on ``sock`` (``server``: the DnsServer, for its pipeline,
+        forwarding and counters)."""
+        b = self.batch
+        self.wakeups += 1
+        for _ in range(_CALLS_PER_WAKEUP):
+            pipeline: Pipeline = server.pipeline
+            fast = self.tables(pipeline)
+            cache = pipeline.cache.arrays if isinstance(pipeline.cache, ArrayCache) else self._no_cache
+            limiter = pipeline.limiter.arrays if pipeline.limiter is not None else self._none_limiter
+            res = self._result
+            res[R_SEND_ERRORS] = 0
+            _serve(sock.fileno(), self._io, b.rx, b.rxlen, b.addrs, b.tx, b.txlen, b.txsrc, b.act, fast.tables,
+                   fast.match, cache, limiter, pipeline.counters.fast, b.scratch, float(pipeline.clock()),
+                   FAST_ROUNDS, res)
+            n, slow = int(res[R_RECEIVED]), int(res[R_SLOW])
+            if res[R_SEND_ERRORS]:
+                server.send_errors += int(res[R_SEND_ERRORS])
+            if slow:
+                self._hand_over(sock, server, pipeline, n)
+            if n < b.size and not slow:
+                return
+
+    def _hand_over(self, sock: socket.socket, server, pipeline: Pipeline, n: int) -> None:
+        """The packets of the last batch that the kernel left to Python."""
+        b = self.batch
+        for i in np.flatnonzero(b.act[:n] == K.ACT_PYTHON):
+            data = b.rx[i, :b.rxlen[i]].tobytes()
+            addr = _sockaddr(self._names[i, :self._io[3][i]].tobytes())
+            if addr is None:
+                continue
+            res = pipeline.handle(data, addr[0], True, rate_checked=True)
+            if res is None:
+                continue
+            if res.__class__ is bytes:
+                server._udp_send(sock, res, addr)
+            else:
+                server._forward(res, lambda answer, a=addr: server._udp_send(sock, answer, a))
+
+
+def _sockaddr(raw: bytes) -> tuple | None:
+    """A received sockaddr as Python's socket module gives addresses."""
+    if len(raw) < 2:
+        return None
+    fam = int.from_bytes(raw[:2], sys.byteorder)
+    port = int.from_bytes(raw[2:4], "big")
+    if fam == _AF_INET and len(raw) >= 8:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    if fam == _AF_INET6 and len(raw) >= 24:
+        scope = int.from_bytes(raw[24:28], sys.byteorder) if len(raw) >= 28 else 0
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, int.from_bytes(raw[4:8], "big"), scope
+    return None

@@ -1,0 +1,186 @@
+"""Flows keyed by 5-tuple, each with its extractor's state: packets in, names out (sans-IO).
+
+Driven the same way by ``schoolgate inspect`` (frames from a pcap file) and by tests (and
+later by live capture): :meth:`FlowTable.frame` takes one captured frame and returns what
+it revealed. Per flow *direction* (source → destination) the table keeps the extractor the
+first payload selected (filters/extractors.py), its session and, for TCP extractors that
+need sequence order, a :class:`TcpStream`. A direction whose extractor is finished keeps a
+small marker, so a retransmitted ClientHello is not reported twice. A client's SYN starts
+a connection afresh (both directions) and fixes where its stream starts.
+
+Memory is bounded: at most ``max_flows`` directions, least recently used evicted first,
+each holding at most MAX_FIRST_FLIGHT + MAX_PENDING_BYTES of buffered payload. TCP FIN and
+RST end a direction's state.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+
+from filters.extraction import Extraction, Session, Status
+from filters.extractors import ExtractorSpec, is_dot, select
+from filters.packet import TCP, Drop, Packet, decode
+from filters.tcp_stream import TcpStream
+
+__all__ = ["MAX_FLOWS", "Found", "FlowTable"]
+
+# Flow directions tracked at once. Each costs ~1 KiB idle and at most ~50 KiB while a
+# ClientHello is being reassembled, so 16,384 bound the worst case below 1 GiB; a school's
+# capture of a few minutes opens far fewer flows that are mid-handshake at any instant.
+MAX_FLOWS = 16384
+_FIN_RST = 0x01 | 0x04
+_SYN = 0x02
+_ACK = 0x10
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One name seen in a flow."""
+
+    ts: float
+    src: bytes  # packed address
+    dst: bytes
+    sport: int
+    dport: int
+    proto: str
+    name: bytes
+    ech: bool = False
+    dot: bool = False
+
+
+class _Direction:
+    __slots__ = ("spec", "session", "stream", "finished")
+
+    def __init__(self, spec: ExtractorSpec | None, stream: TcpStream | None = None) -> None:
+        self.spec: ExtractorSpec | None = None
+        self.session: Session | None = None
+        self.stream = stream  # a TCP direction is ordered until its extractor is known
+        self.finished = False
+        if spec is not None:
+            self.start(spec)
+
+    def start(self, spec: ExtractorSpec) -> None:
+        self.spec = spec
+        self.session = spec.session() if spec.session else None
+        if not spec.ordered:
+            self.stream = None
+        elif self.stream is None:
+            self.stream = TcpStream()
+
+
+_IGNORED = _Direction(None)  # shared marker: a direction no extractor reads
+_IGNORED.finished = True
+
+
+class FlowTable:
+    def __init__(self, max_flows: int = MAX_FLOWS) -> None:
+        self.max_flows = max_flows
+        self._flows: OrderedDict[tuple, _Direction] = OrderedDict()
+        self._syn: dict[tuple, int] = {}  # SYN sequence numbers awaiting the first data
+        self.stats: Counter[str] = Counter()  # packets, drops by reason, extractor errors
+        # Names found, per flow direction, by DNS: a response repeating its query's name is
+        # not reported again (keyed by the query's direction).
+        self._dns_seen: OrderedDict[tuple, set[bytes]] = OrderedDict()
+
+    def frame(self, ts: float, linktype: int, frame: bytes) -> list[Found]:
+        """Decode one captured frame and feed it to its flow."""
+        self.stats["frames"] += 1
+        pkt = decode(frame, linktype)
+        if isinstance(pkt, Drop):
+            self.stats[("malformed: " if pkt.malformed else "skipped: ") + pkt.reason] += 1
+            return []
+        return self.packet(ts, pkt)
+
+    def packet(self, ts: float, pkt: Packet) -> list[Found]:
+        key = (pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.proto)
+        if pkt.proto == TCP:
+            if pkt.tcp_flags & _SYN:
+                if pkt.tcp_flags & _ACK:
+                    # A SYN-ACK adds nothing the client's SYN did not (the server side's
+                    # stream starts at its first data), and skipping it keeps the fast
+                    # path's frame selection small (filters/_select_kernels.py).
+                    return []
+                # A new connection: forget both directions of any earlier one.
+                self._flows.pop(key, None)
+                self._flows.pop((pkt.dst, pkt.dport, pkt.src, pkt.sport, TCP), None)
+                self._syn[key] = pkt.seq
+                if len(self._syn) > self.max_flows:
+                    self._syn.pop(next(iter(self._syn)))
+            elif pkt.tcp_flags & _FIN_RST and not pkt.payload:
+                self._flows.pop(key, None)
+                return []
+        if not pkt.payload:
+            return []
+        flow = self._flows.get(key)
+        if flow is None:
+            if pkt.proto == TCP:
+                # Undecided until its first in-order bytes: the first segment captured may
+                # be the second one sent (the extractor is chosen on what comes first).
+                stream = TcpStream()
+                syn = self._syn.pop(key, None)
+                if syn is not None:
+                    stream.syn(syn)
+                flow = _Direction(None, stream)
+            else:
+                spec = select(pkt.proto, pkt.sport, pkt.dport, pkt.payload)
+                if spec is None:
+                    # UDP keeps no marker: each datagram is looked at afresh (a QUIC Initial
+                    # may follow datagrams of an earlier connection on the same ports).
+                    return []
+                if spec.datagram is not None:
+                    return self._report(ts, pkt, spec, spec.datagram(pkt.payload))
+                flow = _Direction(spec)
+            self._flows[key] = flow
+            if len(self._flows) > self.max_flows:
+                self._flows.popitem(last=False)
+                self.stats["flows evicted (table full)"] += 1
+        else:
+            self._flows.move_to_end(key)
+        if flow.finished:
+            return []
+        data = pkt.payload
+        if flow.stream is not None:
+            data = flow.stream.push(pkt.seq, data)
+            if not data:
+                return []
+        if flow.spec is None:
+            spec = select(pkt.proto, pkt.sport, pkt.dport, data)
+            if spec is None:
+                self._flows[key] = _IGNORED
+                return []
+            flow.start(spec)
+        assert flow.session is not None and flow.spec is not None
+        res = flow.session.feed(data)
+        if res.finished:
+            flow.finished = True
+            flow.session = None  # drop its buffers; the marker stays
+            flow.stream = None
+        return self._report(ts, pkt, flow.spec, res)
+
+    def _report(self, ts: float, pkt: Packet, spec: ExtractorSpec, res: Extraction) -> list[Found]:
+        if res.reason and res.status in (Status.ERROR, Status.MORE) or res.status == Status.ERROR:
+            self.stats[f"{spec.proto}: {res.reason or 'error'}"] += 1
+        if not res.names:
+            return []
+        names = res.names
+        if spec.proto == "dns":
+            names = self._new_dns_names(pkt, names)
+        dot = spec.proto in ("tls", "quic") and is_dot(pkt.sport, pkt.dport, res.alpn)
+        return [Found(ts, pkt.src, pkt.dst, pkt.sport, pkt.dport, spec.proto, n, res.ech, dot)
+                for n in names]
+
+    def _new_dns_names(self, pkt: Packet, names: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """Drop names the reverse direction already reported (a response to a query seen)."""
+        reverse = (pkt.dst, pkt.dport, pkt.src, pkt.sport, pkt.proto)
+        seen_back = self._dns_seen.get(reverse, ())
+        new = tuple(n for n in names if n not in seen_back)
+        key = (pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.proto)
+        mine = self._dns_seen.get(key)
+        if mine is None:
+            mine = self._dns_seen[key] = set()
+            if len(self._dns_seen) > self.max_flows:
+                self._dns_seen.popitem(last=False)
+        if len(mine) < 64:  # bounds a long-lived resolver flow's memory
+            mine.update(names)
+        return new

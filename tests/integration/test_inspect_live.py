@@ -1,0 +1,144 @@
+"""schoolgate inspect on a capture made here: tcpdump on lo while curl and dig talk to
+local servers, so the expected names are known exactly. Everything stays on one random
+address in 127.0.0.0/8 (the capture filter names it, so other tests' traffic stays out)."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import random
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.cli import main
+from tests.bundles import make_bundle
+
+pytestmark = pytest.mark.slow
+
+TLS_NAMES = ("alpha.schoolgate.test", "www.casino.test")  # casino.test is blocked in test bundles
+HTTP_NAME = "plain.schoolgate.test"
+DNS_NAME = "asked.schoolgate.test"
+
+
+def self_signed(tmp: Path, names: tuple[str, ...]) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def serve(sock: socket.socket, ctx: ssl.SSLContext | None, stop: threading.Event) -> None:
+    """Answer every request on ``sock`` with a tiny 200 until ``stop``."""
+    sock.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            continue
+        try:
+            conn.settimeout(5)
+            if ctx is not None:
+                conn = ctx.wrap_socket(conn, server_side=True)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+def answer_dns(sock: socket.socket, stop: threading.Event) -> None:
+    """Echo each query back as an empty NOERROR response (QR set)."""
+    sock.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            data, peer = sock.recvfrom(4096)
+        except OSError:
+            continue
+        if len(data) >= 12:
+            sock.sendto(data[:2] + bytes([data[2] | 0x80, data[3]]) + data[4:], peer)
+
+
+def test_names_from_a_live_capture(tmp_path: Path) -> None:
+    for tool in ("tcpdump", "curl", "dig"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool} (.ci/run installs tcpdump, curl and dnsutils)")
+    addr = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+    cert, key = self_signed(tmp_path, TLS_NAMES)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    tls_sock = socket.create_server((addr, 0))
+    http_sock = socket.create_server((addr, 0))
+    dns_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        dns_sock.bind((addr, 53))  # the DNS port (root); the extractors read 53/5353/5355
+    except PermissionError:
+        dns_sock.bind((addr, 5353))
+    tls_port, http_port, dns_port = (s.getsockname()[1] for s in (tls_sock, http_sock, dns_sock))
+    stop = threading.Event()
+    threads = [threading.Thread(target=serve, args=(tls_sock, ctx, stop), daemon=True),
+               threading.Thread(target=serve, args=(http_sock, None, stop), daemon=True),
+               threading.Thread(target=answer_dns, args=(dns_sock, stop), daemon=True)]
+    for t in threads:
+        t.start()
+    pcap = tmp_path / "live.pcap"
+    # --immediate-mode: libpcap's ring otherwise hands packets over a block at a time (up
+    # to a second late) and a capture stopped before that loses them.
+    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "--immediate-mode", "-U", "-s", "0", "-w", str(pcap),
+                             "host", addr],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = dump.stderr.readline()  # "listening on lo, ..." once the capture runs
+        if "listening" not in line:
+            dump.kill()
+            pytest.skip(f"tcpdump cannot capture on lo here: {line.strip() or dump.wait()}")
+        for name in TLS_NAMES:
+            subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", str(cert), "--resolve",
+                            f"{name}:{tls_port}:{addr}", f"https://{name}:{tls_port}/"], check=True,
+                           capture_output=True)
+        subprocess.run(["curl", "-sS", "--max-time", "10", "--resolve", f"{HTTP_NAME}:{http_port}:{addr}",
+                        f"http://{HTTP_NAME}:{http_port}/"], check=True, capture_output=True)
+        subprocess.run(["dig", f"@{addr}", "-p", str(dns_port), DNS_NAME, "+tries=1", "+time=3"],
+                       check=True, capture_output=True)
+        time.sleep(0.5)  # let tcpdump write the last packets (-U: each as it comes)
+    finally:
+        dump.send_signal(signal.SIGTERM)
+        dump.wait(timeout=10)
+        stop.set()
+        for t in threads:
+            t.join(timeout=2)
+        for s in (tls_sock, http_sock, dns_sock):
+            s.close()
+    bundle = make_bundle(tmp_path / "bundle", 1)
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["inspect", str(pcap), "--bundle", str(bundle), "--json"], out, err) == 0, err.getvalue()
+    rows = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert {(r["proto"], r["name"]) for r in rows} == {
+        ("tls", TLS_NAMES[0]), ("tls", TLS_NAMES[1]), ("http", HTTP_NAME), ("dns", DNS_NAME)}
+    verdicts = {r["name"]: r["verdict"] for r in rows}
+    assert verdicts[TLS_NAMES[1]] == "block" and verdicts[TLS_NAMES[0]] == "allow"
+    assert all(r["dst"] == addr or r["src"] == addr for r in rows)
