@@ -27,8 +27,9 @@ from appliance.pcapfile import CaptureFile, pcapng_tick
 from filters.errors import BadNameError
 from filters.flow_table import FlowTable, Found
 from filters.names import normalise_domain
+from filters.packet import Packet
 
-__all__ = ["CHUNK", "iter_frames", "inspect_capture", "Verdicts", "cmd_inspect"]
+__all__ = ["CHUNK", "iter_frames", "packet_from_fields", "inspect_capture", "Verdicts", "cmd_inspect"]
 
 # Frames walked per kernel call: 64 Ki frames keep the per-chunk arrays (~2.5 MB) in cache
 # and amortise the call overhead (~10 µs) to nothing.
@@ -39,9 +40,12 @@ _SKIP_REASONS = {  # kernel drop counters, named like the pure path's (filters/p
 }
 
 
-def iter_frames(cap: CaptureFile, stats: Counter, prefilter: bool = True) -> Iterator[tuple[float, int, bytes]]:
+def iter_frames(cap: CaptureFile, stats: Counter,
+                prefilter: bool = True) -> Iterator[tuple[float, int, bytes | Packet]]:
     """(timestamp, link type, frame) of every frame, or with ``prefilter`` only of those
-    that can reveal a name; ``stats`` gets the frame count and what was dropped."""
+    that can reveal a name; ``stats`` gets the frame count and what was dropped. With
+    ``prefilter``, a frame whose headers the kernel read comes as the Packet that
+    packet.decode would make of it (tested), which saves Python decoding it again."""
     if not prefilter:
         for item in cap.frames():
             stats["frames"] += 1
@@ -59,6 +63,7 @@ def iter_frames(cap: CaptureFile, stats: Counter, prefilter: bool = True) -> Ite
     iface = np.zeros(CHUNK, np.int64)
     link = np.zeros(CHUNK, np.int64)
     out = np.zeros(CHUNK, np.uint8)
+    fields = np.zeros((CHUNK, SK.N_FIELDS), np.int64)
     counts = np.zeros(SK.N_COUNTS, np.int64)
     bad = np.zeros(1, np.int64)
     keys, state, base, limit = SK.new_table()
@@ -83,17 +88,22 @@ def iter_frames(cap: CaptureFile, stats: Counter, prefilter: bool = True) -> Ite
         else:
             k, pos, status = PK.frame_pcapng(buf, pos, pstate, off, caplen, tfrac, iface, link, bad)
         stats["frames"] += k
-        SK.select_frames(buf, off, caplen, link, k, seed, keys, state, base, limit, out, counts)
-        for i in np.flatnonzero(out[:k]).tolist():
-            o = int(off[i])
-            if cap.format == "pcap":
-                ts = int(tsec[i]) + int(tfrac[i]) * unit
-            elif tfrac[i] < 0:
-                ts = 0.0
+        SK.select_frames(buf, off, caplen, link, k, seed, keys, state, base, limit, out, counts, fields)
+        sel = np.flatnonzero(out[:k])
+        if cap.format == "pcap":
+            ts = tsec[sel] + tfrac[sel] * unit
+        else:  # per interface: if_tsoffset + ticks x if_tsresol; no timestamp (SPB): 0
+            nif = max(int(iface[sel].max()) + 1, 1) if len(sel) else 1
+            ifs = [PK.interface(pstate, j) for j in range(nif)]
+            tick = np.array([pcapng_tick(r) for _, r, _ in ifs])[iface[sel]]
+            tsoff = np.array([o for _, _, o in ifs], dtype=np.int64)[iface[sel]]
+            ts = np.where(tfrac[sel] < 0, 0.0, tsoff + tfrac[sel] * tick)
+        for t, o, n, lt, (l3, ver, proto, sport, dport, flags, seq, pay, end) in zip(
+                ts.tolist(), off[sel].tolist(), caplen[sel].tolist(), link[sel].tolist(), fields[sel].tolist()):
+            if l3 < 0:
+                yield t, lt, mm[o:o + n]  # not read by the kernel: Python decodes it
             else:
-                _, res, tsoff = PK.interface(pstate, int(iface[i]))
-                ts = tsoff + int(tfrac[i]) * pcapng_tick(res)
-            yield ts, int(link[i]), mm[o:o + int(caplen[i])]
+                yield t, lt, packet_from_fields(mm, l3, ver, proto, sport, dport, flags, seq, pay, end)
     if status == PK.ST_TRUNCATED:
         stats["truncated last record" if cap.format == "pcap" else "truncated last block"] += 1
     elif status == PK.ST_CORRUPT:
@@ -106,6 +116,14 @@ def iter_frames(cap: CaptureFile, stats: Counter, prefilter: bool = True) -> Ite
     stats["frames not read (no extractor needs them)"] += int(counts[3:].sum())
 
 
+def packet_from_fields(mm, l3: int, ver: int, proto: int, sport: int, dport: int, flags: int,
+                       seq: int, pay: int, end: int) -> Packet:
+    """The Packet for a frame whose headers select_frames read (a row of its ``fields``)."""
+    if ver == 4:
+        return Packet(mm[l3 + 12:l3 + 16], mm[l3 + 16:l3 + 20], proto, sport, dport, mm[pay:end], flags, seq)
+    return Packet(mm[l3 + 8:l3 + 24], mm[l3 + 24:l3 + 40], proto, sport, dport, mm[pay:end], flags, seq)
+
+
 def inspect_capture(path: str, prefilter: bool = True, table: FlowTable | None = None,
                     stats: Counter | None = None) -> Iterator[Found]:
     """Every name found in the capture at ``path``, in capture order."""
@@ -113,7 +131,10 @@ def inspect_capture(path: str, prefilter: bool = True, table: FlowTable | None =
     stats = stats if stats is not None else Counter()
     with CaptureFile(path) as cap:
         for ts, lt, frame in iter_frames(cap, stats, prefilter):
-            yield from table.frame(ts, lt, frame)
+            if type(frame) is Packet:
+                yield from table.packet(ts, frame)
+            else:
+                yield from table.frame(ts, lt, frame)
     frames = stats.get("frames", 0)
     stats.update({k: v for k, v in table.stats.items() if k != "frames"})
     stats["frames"] = frames
@@ -152,12 +173,32 @@ class Verdicts:
         return ("block" if v.blocked else "allow"), list(v.categories), v.rule
 
 
+# Text forms memoised: a capture has few distinct addresses and many rows per second,
+# and formatting them is a visible share of the run. Bounded like every cache here.
+_MEMO_MAX = 65536
+_ip_memo: dict[bytes, str] = {}
+_second_memo: dict[int, str] = {}
+
+
 def _ip(packed: bytes) -> str:
-    return str(ipaddress.ip_address(packed))
+    text = _ip_memo.get(packed)
+    if text is None:
+        if len(_ip_memo) >= _MEMO_MAX:
+            _ip_memo.clear()
+        text = _ip_memo[packed] = str(ipaddress.ip_address(packed))
+    return text
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """RFC 3339 UTC with microseconds, e.g. 2026-11-24T12:00:00.123456Z."""
+    us = round(ts * 1_000_000)
+    sec, frac = divmod(us, 1_000_000)
+    head = _second_memo.get(sec)
+    if head is None:
+        if len(_second_memo) >= _MEMO_MAX:
+            _second_memo.clear()
+        head = _second_memo[sec] = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{head}.{frac:06d}Z"
 
 
 def cmd_inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -169,21 +210,27 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     verdicts = Verdicts(matcher, _policy_mask(matcher.catalog, args))
     stats: Counter = Counter()
     names = blocked = 0
+    # The JSON after "proto" depends only on the name: made once per distinct name (a
+    # capture repeats names a lot, and json.dumps per row was a tenth of the run).
+    tails: dict[bytes, str] = {}
+    write = out.write
     for f in inspect_capture(args.pcap, prefilter=not args.all_frames, stats=stats):
         verdict, cats, rule = verdicts(f.name)
         names += 1
         blocked += verdict == "block"
-        name = f.name.decode("ascii", "backslashreplace")
         if args.json:
-            row = {"ts": _iso(f.ts), "src": _ip(f.src), "sport": f.sport, "dst": _ip(f.dst),
-                   "dport": f.dport, "proto": f.proto, "name": name, "verdict": verdict,
-                   "categories": cats, "rule": rule}
-            if f.ech:
-                row["ech"] = True
-            if f.dot:
-                row["dot"] = True
-            print(json.dumps(row), file=out)
+            tail = tails.get(f.name)
+            if tail is None:
+                if len(tails) >= _MEMO_MAX:
+                    tails.clear()
+                tail = tails[f.name] = json.dumps({
+                    "name": f.name.decode("ascii", "backslashreplace"), "verdict": verdict,
+                    "categories": cats, "rule": rule})[1:-1]
+            flags = (', "ech": true' if f.ech else "") + (', "dot": true' if f.dot else "")
+            write(f'{{"ts": "{_iso(f.ts)}", "src": "{_ip(f.src)}", "sport": {f.sport}, "dst": "{_ip(f.dst)}", '
+                  f'"dport": {f.dport}, "proto": "{f.proto}", {tail}{flags}}}\n')
         else:
+            name = f.name.decode("ascii", "backslashreplace")
             flags = "".join(f" [{x}]" for x, on in (("ECH", f.ech), ("DoT", f.dot)) if on)
             why = f" [{', '.join(cats)}] rule {rule}" if verdict == "block" else ""
             print(f"{_iso(f.ts)} {_ip(f.src)}:{f.sport} -> {_ip(f.dst)}:{f.dport} {f.proto} {name}: "

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from appliance.config import UpdatesConfig
-from appliance.state import read_update_state
+from appliance.state import STATE_FILE, read_update_state
 from appliance.updater import JITTER
 
 __all__ = ["UpdateScheduler", "start_delay", "delay_after_run", "updater_argv"]
@@ -70,12 +70,12 @@ def start_delay(record: dict, now: datetime, interval: float, *, have_signed_bun
     return recorded if recorded is not None else rand() * JITTER * interval
 
 
-def delay_after_run(record: dict, previous: dict, now: datetime, interval: float,
+def delay_after_run(record: dict, recorded_now: bool, now: datetime, interval: float,
                     rand: Callable[[], float] = random.random) -> float:
-    """Seconds from the end of a check to the next one. ``previous`` is the record before the
-    run: when the updater recorded nothing (it could not start: a config error, the lock held
+    """Seconds from the end of a check to the next one. ``recorded_now``: the run wrote
+    ``record``; when it recorded nothing (it could not start: a config error, the lock held
     by a manual run), the next check is one jittered interval away."""
-    if record != previous:
+    if recorded_now:
         recorded = _recorded_delay(record, now, interval)
         if recorded is not None:
             return recorded
@@ -116,7 +116,7 @@ class UpdateScheduler:
         self.clock, self.wall, self.rand, self.spawn = clock, wall, rand, spawn
         self.child: _Child | None = None
         self.checks = 0  # checks started (for tests and the status page)
-        self._previous: dict = {}
+        self._stamp: tuple[int, int] | None = None  # update-state.json before the running check
         delay = start_delay(read_update_state(state_dir), wall(), updates.interval,
                             have_signed_bundle=have_signed_bundle, rand=rand)
         self.due = clock() + delay
@@ -142,7 +142,7 @@ class UpdateScheduler:
             self.child = None
             self._finished(code)
         if self.clock() >= self.due:
-            self._previous = read_update_state(self.state_dir)
+            self._stamp = self._state_stamp()
             try:
                 self.child = self.spawn(updater_argv(self.config_file))
             except OSError as exc:
@@ -152,12 +152,21 @@ class UpdateScheduler:
             self.checks += 1
             self.due = float("inf")  # set again when this check finishes
 
+    def _state_stamp(self) -> tuple[int, int] | None:
+        """Identity of update-state.json (each write replaces it: a new inode)."""
+        try:
+            st = (self.state_dir / STATE_FILE).stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
     def _finished(self, code: int) -> None:
         record = read_update_state(self.state_dir)
-        delay = delay_after_run(record, self._previous, self.wall(), self.updates.interval, self.rand)
+        recorded = self._state_stamp() not in (None, self._stamp)
+        delay = delay_after_run(record, recorded, self.wall(), self.updates.interval, self.rand)
         self.due = self.clock() + delay
         extra = {"exit_status": code, "next_check_in_s": round(delay, 1)}
-        if record == self._previous:
+        if not recorded:
             log.error("update check did not run (exit status %d): try `schoolgate update --once "
                       "--config %s`", code, self.config_file, extra=extra)
             return

@@ -28,7 +28,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks._common import best_of, machine, run_python, table
+from benchmarks._common import machine, run_python, table
 from benchmarks.bench_matcher import synthetic_domains
 
 TARGET_S = 1.0  # issue 3: activation of a 1 M-domain bundle < 1 s

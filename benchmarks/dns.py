@@ -3,7 +3,8 @@
     python -m benchmarks.dns [--list FILE ...] [--limit N] [--duration S] [--repeat N] [--clients N]
                              [--qps N] [--latency-qps N] [--workers N] [--python-path]
 
-Both servers get the same list: schoolgate as a compiled bundle, dnsmasq as an
+Both servers get the same list (default: the first 1 M names of every shared list in a
+plain-name format): schoolgate as a compiled bundle, dnsmasq as an
 ``--addn-hosts`` file (``0.0.0.0 name``). Both forward to one upstream dnsmasq that serves
 ``*.allowed.test``, so the "cached" mix measures each server's cache. Mixes: ``blocked``
 (names sampled from the list), ``cached`` (1,000 allowed names, warmed up first), ``mixed``
@@ -13,7 +14,8 @@ its children, with the user/system split), queries answered per CPU-second; then
 percentiles from a second dnsperf run at a fixed offered load (``--latency-qps``, the same
 for every server; dnsperf -v reports each query's latency). Per server: RSS and PSS
 (smaps_rollup, summed over its processes) after the mixes, and start-up time to the first
-answer. The servers run back to back, ``--repeat`` times in turn (the machine is shared:
+answer (schoolgate runs with development-only packages hidden, as on the appliance: see
+DEV_ONLY). The servers run back to back, ``--repeat`` times in turn (the machine is shared:
 interleaving spreads other load over both); the tables show medians. dnsperf runs on the
 same 2 cores, so qps saturates near the client's own limit; queries per server CPU-second
 is the fairer figure.
@@ -155,8 +157,15 @@ def read_names(paths: list[Path], limit: int) -> list[str]:
 
 
 def default_lists() -> list[Path]:
-    ut1 = sorted((SHARED_DATA / "lists" / "ut1").glob("*/domains"))
-    return ut1 or [ROOT / "config" / "demo" / "lists" / "ut1-gambling" / "domains"]
+    """Every shared list in a plain-name format (domains or hosts): UT1 first, then The Block
+    List Project, StevenBlack and HaGeZi — together just over the issue's 1 M names."""
+    lists = SHARED_DATA / "lists"
+    found = sorted((lists / "ut1").glob("*/domains"))
+    for sub in ("blocklistproject/plain", "blocklistproject/hosts", "stevenblack", "hagezi-2022/domains",
+                "hagezi-2022/hosts"):
+        found += sorted(p for p in (lists / sub).rglob("*")
+                        if p.is_file() and not p.name.upper().startswith(("LICENSE", "SNAPSHOT", "README")))
+    return found or [ROOT / "config" / "demo" / "lists" / "ut1-gambling" / "domains"]
 
 
 class Server:
@@ -182,6 +191,21 @@ class Server:
                 self.p.kill()
                 self.p.wait(5)
         self._log.close()
+
+
+# Packages of the development venv that numba imports when present but the appliance image
+# does not install (numba.misc.coverage_support imports coverage: ~5 MB per process).
+DEV_ONLY = ("coverage",)
+
+
+def hide_dev_packages(tmp: Path) -> Path:
+    """A directory to put first on schoolgate's PYTHONPATH in which DEV_ONLY packages fail to
+    import, so the servers' memory is measured as on the appliance."""
+    d = tmp / "hide-dev"
+    for name in DEV_ONLY:
+        (d / name).mkdir(parents=True, exist_ok=True)
+        (d / name / "__init__.py").write_text(f"raise ImportError('{name}: not on the appliance (benchmarks/dns.py)')\n")
+    return d
 
 
 def median(xs: list[float]) -> float:
@@ -284,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                         cfg = tmp / f"{name}-{rep}.yaml"
                         cfg.write_text((tmp / f"{name}.yaml").read_text().replace("{port}", str(port)))
                         cmd = [sys.executable, "-m", "appliance.cli", "run", "--config", str(cfg)]
-                    srv = Server(name, cmd, port, tmp / f"{name}-{rep}.log")
+                    srv = Server(name, cmd, port, tmp / f"{name}-{rep}.log",
+                                 env=None if name == "dnsmasq" else {"PYTHONPATH": str(hide_dev_packages(tmp))})
                     try:
                         for r in measure(srv, port, mixes, tmp, args):
                             results.setdefault(name, []).append(r)

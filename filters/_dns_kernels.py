@@ -154,7 +154,7 @@ def addr_words(addr):
 
 
 @njit(cache=True)
-def _lim_find(lst, lkey, slots, keys, h, w0, w1, w2):
+def _lim_find(lst, slots, keys, h, w0, w1, w2):
     mask = lst[LS_SMASK]
     i = np.int64(h & _U(mask))
     while slots[i] != 0:
@@ -192,7 +192,7 @@ def lim_allow(lst, lf, lkey, slots, keys, vals, w0, w1, w2, now):
     tokens per client refilled at ``rate`` per second; when the table is full the oldest
     half of the clients is forgotten. keys: uint64[cap, 4] (hash, w0, w1, w2)."""
     h = words_hash(lkey[0], lkey[1], w0, w1, w2)
-    e, i = _lim_find(lst, lkey, slots, keys, h, w0, w1, w2)
+    e, i = _lim_find(lst, slots, keys, h, w0, w1, w2)
     rate, burst = lf[LF_RATE], lf[LF_BURST]
     if e >= 0:
         tokens = vals[e, 0] + (now - vals[e, 1]) * rate
@@ -210,11 +210,11 @@ def lim_allow(lst, lf, lkey, slots, keys, vals, w0, w1, w2, now):
         hashes = keys[:, 0]
         for _ in range(cap // 2):
             t = lst[LS_TAIL]
-            _, ti = _lim_find(lst, lkey, slots, keys, keys[t, 0], keys[t, 1], keys[t, 2], keys[t, 3])
+            _, ti = _lim_find(lst, slots, keys, keys[t, 0], keys[t, 1], keys[t, 2], keys[t, 3])
             _slot_delete(slots, mask, ti, hashes)
             lst[LS_TAIL] = (t + 1) % cap
             lst[LS_COUNT] -= 1
-        e, i = _lim_find(lst, lkey, slots, keys, h, w0, w1, w2)
+        e, i = _lim_find(lst, slots, keys, h, w0, w1, w2)
     e = (lst[LS_TAIL] + lst[LS_COUNT]) % cap
     keys[e, 0], keys[e, 1], keys[e, 2], keys[e, 3] = h, w0, w1, w2
     vals[e, 0] = burst - 1.0

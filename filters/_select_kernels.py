@@ -27,12 +27,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from filters.extract_http import MAX_HEAD
+from filters.extract_http import MAX_HEAD, METHODS
 from filters.extract_tls import MAX_FIRST_FLIGHT
 from filters.packet import MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS
 
 __all__ = ["TABLE_BITS", "C_NOT_IP", "C_NOT_L4", "C_ESP", "C_NO_PAYLOAD", "C_UDP_OTHER",
-           "C_TCP_OTHER", "C_TCP_LATER", "N_COUNTS", "new_table", "select_frames"]
+           "C_TCP_OTHER", "C_TCP_LATER", "N_COUNTS", "F_L3", "F_VER", "F_PROTO", "F_SPORT",
+           "F_DPORT", "F_FLAGS", "F_SEQ", "F_PAY", "F_END", "N_FIELDS", "new_table", "select_frames"]
 
 # Flow directions remembered: 2^20 slots (8 + 1 + 16 octets each, ~26 MB) hold a busy
 # school link's concurrent flows many times over.
@@ -79,19 +80,51 @@ def _quic_initial(buf, p, n):
     return False
 
 
+# extract_http.METHODS as a padded table the kernel compares tokens with.
+_METHODS = sorted(METHODS)
+_METHOD_LEN = np.array([len(m) for m in _METHODS], dtype=np.int64)
+_METHOD_TAB = np.zeros((len(_METHODS), max(len(m) for m in _METHODS)), dtype=np.uint8)
+for _i, _m in enumerate(_METHODS):
+    _METHOD_TAB[_i, :len(_m)] = np.frombuffer(_m, dtype=np.uint8)
+
+
 @njit(cache=True)
 def _http_method(buf, p, n):
-    """Starts with one of extract_http.METHODS and a space (checked on the first letters;
-    a false positive only costs a frame handed to Python)."""
+    """Starts with one of extract_http.METHODS and a space, as looks_like_http checks."""
     m = 0
     while m < 12 and p + m < n and buf[p + m] >= 65 and buf[p + m] <= 90:
         m += 1
     if m < 3 or p + m >= n or buf[p + m] != 32:
         return False
-    c = buf[p]
-    # G(ET) H(EAD) P(OST/UT/ATCH/ROP*) D(ELETE) C(ONNECT/OPY/HECKOUT) O(PTIONS) T(RACE)
-    # M(KCOL/OVE/ERGE/KACTIVITY) L(OCK) U(NLOCK/NSUBSCRIBE) S(EARCH/UBSCRIBE) R(EPORT) N(OTIFY)
-    return c in (71, 72, 80, 68, 67, 79, 84, 77, 76, 85, 83, 82, 78)
+    for i in range(_METHOD_LEN.shape[0]):
+        if _METHOD_LEN[i] == m:
+            same = True
+            for j in range(m):
+                if _METHOD_TAB[i, j] != buf[p + j]:
+                    same = False
+                    break
+            if same:
+                return True
+    return False
+
+
+# Columns of ``fields``: IP header offset (-1: not read here), IP version, transport
+# protocol, ports, TCP flags and sequence number, payload start and end offsets.
+F_L3, F_VER, F_PROTO, F_SPORT, F_DPORT, F_FLAGS, F_SEQ, F_PAY, F_END = range(9)
+N_FIELDS = 9
+
+
+@njit(cache=True, inline="always")
+def _fill(fields, i, l3, version, proto, sport, dport, flags, seq, pay, end):
+    fields[i, F_L3] = l3
+    fields[i, F_VER] = version
+    fields[i, F_PROTO] = proto
+    fields[i, F_SPORT] = sport
+    fields[i, F_DPORT] = dport
+    fields[i, F_FLAGS] = flags
+    fields[i, F_SEQ] = seq
+    fields[i, F_PAY] = pay
+    fields[i, F_END] = end
 
 
 @njit(cache=True, inline="always")
@@ -116,14 +149,17 @@ def _slot(keys, h):
 
 
 @njit(cache=True)
-def select_frames(buf, off, caplen, link, count, seed, keys, state, base, limit, out, counts):
-    """Set out[i] for frames 0..count-1 that Python must see; returns how many."""
+def select_frames(buf, off, caplen, link, count, seed, keys, state, base, limit, out, counts, fields):
+    """Set out[i] for frames 0..count-1 that Python must see; returns how many. For a kept
+    frame whose headers were all read, ``fields[i]`` holds them (F_L3 >= 0): Python builds
+    the packet from them instead of decoding it again."""
     picked = 0
     for i in range(count):
         p = off[i]
         n = p + caplen[i]
         lt = link[i]
         out[i] = 1  # the default: when in doubt, Python decides
+        fields[i, F_L3] = -1
         version = 0
         if lt == 1:  # Ethernet and VLAN tags
             if n - p < 14:
@@ -163,11 +199,21 @@ def select_frames(buf, off, caplen, link, count, seed, keys, state, base, limit,
             et = (np.int64(buf[p]) << 8) | buf[p + 1]
             p += 20
             version = 4 if et == 0x0800 else 6 if et == 0x86DD else 0
-        else:  # NULL/LOOP/PPP and anything else: rare on bulk captures, Python reads them
+        elif lt == 0 or lt == 108:  # BSD loopback: a 4-byte address family
+            if n - p < 4:
+                picked += 1
+                continue
+            be = (np.int64(buf[p]) << 24) | (np.int64(buf[p + 1]) << 16) | (np.int64(buf[p + 2]) << 8) | buf[p + 3]
+            le = (np.int64(buf[p + 3]) << 24) | (np.int64(buf[p + 2]) << 16) | (np.int64(buf[p + 1]) << 8) | buf[p]
+            # NULL: the capturing host's byte order, told apart as packet.decode does.
+            af = be if lt == 108 or le > 0xFFFF else le
+            p += 4
+            version = 4 if af == 2 else 6 if af == 10 or af == 24 or af == 28 or af == 30 else 0
+        else:  # PPP and anything else: rare on bulk captures, Python reads them
             picked += 1
             continue
         if version != 4 and version != 6:
-            if lt == 1 or lt == 113 or lt == 276:
+            if lt == 1 or lt == 113 or lt == 276 or lt == 0 or lt == 108:
                 out[i] = 0
                 counts[C_NOT_IP] += 1
             else:
@@ -177,6 +223,7 @@ def select_frames(buf, off, caplen, link, count, seed, keys, state, base, limit,
             picked += 1
             continue
         # -- IP --------------------------------------------------------------------------
+        l3 = p
         h = np.uint64(seed)
         if version == 4:
             if p + 20 > n:
@@ -254,6 +301,7 @@ def select_frames(buf, off, caplen, link, count, seed, keys, state, base, limit,
                 counts[C_NO_PAYLOAD] += 1
             elif _is_dns_port(sport) or _is_dns_port(dport) or _quic_initial(buf, pay, pend):
                 picked += 1
+                _fill(fields, i, l3, version, 17, sport, dport, 0, 0, pay, pend)
             else:
                 out[i] = 0
                 counts[C_UDP_OTHER] += 1
@@ -288,6 +336,7 @@ def select_frames(buf, off, caplen, link, count, seed, keys, state, base, limit,
                 counts[C_NO_PAYLOAD] += 1
             else:
                 picked += 1
+                _fill(fields, i, l3, version, 6, sport, dport, flags, seq, pay, end)
             continue
         if plen <= 0:
             out[i] = 0
@@ -295,6 +344,7 @@ def select_frames(buf, off, caplen, link, count, seed, keys, state, base, limit,
             continue
         if _is_dns_port(sport) or _is_dns_port(dport):
             picked += 1
+            _fill(fields, i, l3, version, 6, sport, dport, flags, seq, pay, end)
             continue
         s, found = _slot(keys, h)
         if not found:
@@ -341,6 +391,7 @@ def select_frames(buf, off, caplen, link, count, seed, keys, state, base, limit,
             keep = False
         if keep:
             picked += 1
+            _fill(fields, i, l3, version, 6, sport, dport, flags, seq, pay, end)
         else:
             out[i] = 0
             counts[C_TCP_LATER if st != _IGNORE else C_TCP_OTHER] += 1

@@ -13,7 +13,7 @@ Over TCP every message is preceded by a two-byte length (RFC 1035 §4.2.2, RFC 7
 from __future__ import annotations
 
 from filters.dns_response import read_name
-from filters.dns_wire import HEADER_LEN
+from filters.dns_wire import HEADER_LEN, MAX_LABEL, MAX_NAME_WIRE
 from filters.errors import PacketError
 from filters.extraction import Extraction, Status
 
@@ -32,7 +32,7 @@ _MIN_QUESTION = 5
 
 
 def _dotted(wire: bytes) -> bytes:
-    """b"\\x03www\\x07example\\x03org\\x00" -> b"www.example.org" (labels may hold dots or
+    """b"\x03www\x07example\x03org\x00" -> b"www.example.org" (labels may hold dots or
     any other byte; they are kept as they are, the matcher hashes the wire form anyway)."""
     out = []
     pos = 0
@@ -41,6 +41,25 @@ def _dotted(wire: bytes) -> bytes:
         out.append(wire[pos + 1:pos + 1 + ln])
         pos += 1 + ln
     return b".".join(out)
+
+
+def _plain_name(msg: bytes, pos: int) -> tuple[bytes, int] | None:
+    """The common case, an uncompressed name: (dotted lower-case name, offset after it),
+    or None when it holds a pointer or is malformed (then read_name decides, with reasons)."""
+    labels = []
+    n = len(msg)
+    start = pos
+    while pos < n:
+        ln = msg[pos]
+        if ln == 0:
+            if pos + 1 - start > MAX_NAME_WIRE:
+                return None
+            return b".".join(labels).lower(), pos + 1
+        if ln > MAX_LABEL or pos + 1 + ln > n:
+            return None
+        labels.append(msg[pos + 1:pos + 1 + ln])
+        pos += 1 + ln
+    return None
 
 
 def message_names(msg: bytes) -> Extraction:
@@ -56,12 +75,17 @@ def message_names(msg: bytes) -> Extraction:
     pos = HEADER_LEN
     # A lying QDCOUNT cannot make us loop longer than the message could hold questions.
     for _ in range(min(qdcount, (n - HEADER_LEN) // _MIN_QUESTION + 1)):
-        try:
-            wire, pos = read_name(msg, pos)
-        except PacketError as exc:
-            return Extraction(Status.ERROR, tuple(names), f"question {len(names) + 1}: {exc}")
-        if len(wire) > 1:
-            names.append(_dotted(wire))
+        plain = _plain_name(msg, pos)
+        if plain is not None:
+            name, pos = plain
+        else:
+            try:
+                wire, pos = read_name(msg, pos)
+            except PacketError as exc:
+                return Extraction(Status.ERROR, tuple(names), f"question {len(names) + 1}: {exc}")
+            name = _dotted(wire)
+        if name:
+            names.append(name)
         pos += 4
         if pos > n:
             return Extraction(Status.ERROR, tuple(names), "question ends before QTYPE and QCLASS")

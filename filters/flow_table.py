@@ -16,27 +16,29 @@ RST end a direction's state.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from filters.extraction import Extraction, Session, Status
 from filters.extractors import ExtractorSpec, is_dot, select
 from filters.packet import TCP, Drop, Packet, decode
 from filters.tcp_stream import TcpStream
 
-__all__ = ["MAX_FLOWS", "Found", "FlowTable"]
+__all__ = ["MAX_FLOWS", "MAX_DNS_REMEMBERED", "Found", "FlowTable"]
 
 # Flow directions tracked at once. Each costs ~1 KiB idle and at most ~50 KiB while a
 # ClientHello is being reassembled, so 16,384 bound the worst case below 1 GiB; a school's
 # capture of a few minutes opens far fewer flows that are mid-handshake at any instant.
 MAX_FLOWS = 16384
+# DNS questions remembered to recognise their responses: responses follow queries within
+# seconds, and a busy capture asks well under 65,536 questions in that time.
+MAX_DNS_REMEMBERED = 65536
 _FIN_RST = 0x01 | 0x04
 _SYN = 0x02
 _ACK = 0x10
 
 
-@dataclass(frozen=True, slots=True)
-class Found:
-    """One name seen in a flow."""
+class Found(NamedTuple):
+    """One name seen in a flow (a NamedTuple: cheap to make, one per name)."""
 
     ts: float
     src: bytes  # packed address
@@ -79,9 +81,9 @@ class FlowTable:
         self._flows: OrderedDict[tuple, _Direction] = OrderedDict()
         self._syn: dict[tuple, int] = {}  # SYN sequence numbers awaiting the first data
         self.stats: Counter[str] = Counter()  # packets, drops by reason, extractor errors
-        # Names found, per flow direction, by DNS: a response repeating its query's name is
-        # not reported again (keyed by the query's direction).
-        self._dns_seen: OrderedDict[tuple, set[bytes]] = OrderedDict()
+        # (direction, name) of DNS questions reported: a response repeating its query's
+        # name is not reported again.
+        self._dns_seen: OrderedDict[tuple, None] = OrderedDict()
 
     def frame(self, ts: float, linktype: int, frame: bytes) -> list[Found]:
         """Decode one captured frame and feed it to its flow."""
@@ -133,8 +135,11 @@ class FlowTable:
                 flow = _Direction(spec)
             self._flows[key] = flow
             if len(self._flows) > self.max_flows:
-                self._flows.popitem(last=False)
-                self.stats["flows evicted (table full)"] += 1
+                _, old = self._flows.popitem(last=False)
+                # Only a hello half read is a loss; finished markers and idle HTTP or
+                # DNS-over-TCP sessions hold nothing.
+                if not old.finished and (old.spec is None or old.spec.proto in ("tls", "quic")):
+                    self.stats["handshakes evicted before complete (flow table full)"] += 1
         else:
             self._flows.move_to_end(key)
         if flow.finished:
@@ -159,7 +164,9 @@ class FlowTable:
         return self._report(ts, pkt, flow.spec, res)
 
     def _report(self, ts: float, pkt: Packet, spec: ExtractorSpec, res: Extraction) -> list[Found]:
-        if res.reason and res.status in (Status.ERROR, Status.MORE) or res.status == Status.ERROR:
+        # Reasons are counted (malformed messages, hellos without SNI); NONE only says a
+        # flow is not this protocol, which is no news.
+        if res.status != Status.NONE and (res.reason or res.status == Status.ERROR):
             self.stats[f"{spec.proto}: {res.reason or 'error'}"] += 1
         if not res.names:
             return []
@@ -170,17 +177,15 @@ class FlowTable:
         return [Found(ts, pkt.src, pkt.dst, pkt.sport, pkt.dport, spec.proto, n, res.ech, dot)
                 for n in names]
 
-    def _new_dns_names(self, pkt: Packet, names: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    def _new_dns_names(self, pkt: Packet, names: tuple[bytes, ...]) -> list[bytes]:
         """Drop names the reverse direction already reported (a response to a query seen)."""
-        reverse = (pkt.dst, pkt.dport, pkt.src, pkt.sport, pkt.proto)
-        seen_back = self._dns_seen.get(reverse, ())
-        new = tuple(n for n in names if n not in seen_back)
-        key = (pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.proto)
-        mine = self._dns_seen.get(key)
-        if mine is None:
-            mine = self._dns_seen[key] = set()
-            if len(self._dns_seen) > self.max_flows:
-                self._dns_seen.popitem(last=False)
-        if len(mine) < 64:  # bounds a long-lived resolver flow's memory
-            mine.update(names)
-        return new
+        seen = self._dns_seen
+        out = []
+        for n in names:
+            if (pkt.dst, pkt.dport, pkt.src, pkt.sport, pkt.proto, n) in seen:
+                continue
+            out.append(n)
+            seen[(pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.proto, n)] = None
+        while len(seen) > MAX_DNS_REMEMBERED:
+            seen.popitem(last=False)
+        return out

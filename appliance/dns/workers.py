@@ -23,13 +23,16 @@ old and the new verdicts alternate.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
 import time
 
 from appliance.config import ConfigErrors
+from appliance.dns.fastpath import warm_up
 from appliance.dns.server import open_sockets
+from appliance.memory import release_file_pages
 from appliance.dns.service import (Built, Service, utc_text, build, load_run_config, log_serving,
                                    make_scheduler, run_record)
 from appliance.embedded import resolve_bundle
@@ -85,6 +88,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
                     signal.SIGCHLD):
             signal.signal(sig, lambda s, _f: self._flags.add(s))
+        self._share_before_fork()
         for slot in range(self.n):
             self._spawn(slot)
         log.info("supervisor started %d workers", self.n, extra={"pids": sorted(self.pids)})
@@ -130,6 +134,16 @@ class Supervisor:
             write_run_state(self.built.cfg.state_dir, run_record(self.built, since, self._started, self.n))
         except SchoolgateError as exc:
             log.error("%s", exc)
+
+    def _share_before_fork(self) -> None:
+        """Load every kernel here so workers share the code (and skip numba's loader), give
+        back the pages only loading needed, and move every object to the GC's permanent
+        generation so that collections in the workers do not write to (and so copy) pages
+        they share with this process."""
+        if self.built.cfg.dns.fast_path:
+            warm_up(self.built.matcher, self.built.policies)
+        release_file_pages()
+        gc.freeze()
 
     def _reap(self) -> None:
         # Worker by worker, not waitpid(-1): the updater child is the scheduler's to reap.

@@ -13,8 +13,8 @@ import pytest
 
 from appliance.config import UpdatesConfig, load_config
 from appliance.demo_bundle import build_demo
-from appliance.embedded import (DEMO_DIR, DEMO_REPO, DEMO_ROOT, demo_updates, install_demo, open_selected,
-                                resolve_bundle, select_bundle)
+from appliance.embedded import (DEMO_DIR, DEMO_REPO, DEMO_ROOT, demo_updates, open_selected, resolve_bundle,
+                                select_bundle)
 from appliance.state import active_bundle_dir
 from appliance.updater import update_once
 from filters.catalog import ALL_CATEGORIES

@@ -55,6 +55,6 @@ def test_bounded_table_and_counted_drops() -> None:
     t = FlowTable(max_flows=4)
     frames = [tcp_frame(records(client_hello(b"x.example"))[:50], sport=1000 + i) for i in range(10)]
     names(t, frames)
-    assert len(t._flows) == 4 and t.stats["flows evicted unfinished (table full)"] == 6
+    assert len(t._flows) == 4 and t.stats["handshakes evicted before complete (flow table full)"] == 6
     t.frame(0.0, LINKTYPE_ETHERNET, b"\x00" * 10)
     assert t.stats["malformed: link header truncated"] == 1

@@ -78,3 +78,36 @@ def test_kernel_tests_pass_without_jit(tmp_path: Path) -> None:
     missing = data["missing_lines"]
     print(f"line coverage of {name} without the JIT: {pct:.1f}% (missing lines {missing})")
     assert pct >= MIN_DOMAIN_KERNEL_COVERAGE, (pct, missing)
+
+
+# The DNS fast path's kernels, once more as plain Python (their own run: the differential
+# tests against the pipeline take longer than the matcher's). Fuzz packets and examples
+# are scaled down by test_dns_fast.py itself when it sees NUMBA_DISABLE_JIT.
+MIN_DNS_KERNEL_COVERAGE = 90.0
+DNS_TIME_LIMIT = 90.0
+
+
+@pytest.mark.slow
+def test_dns_kernel_tests_pass_without_jit(tmp_path: Path) -> None:
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1", SCHOOLGATE_HYPOTHESIS_EXAMPLES="40",
+               COVERAGE_FILE=str(tmp_path / ".coverage"))
+    have_coverage = importlib.util.find_spec("coverage") is not None
+    runner = [sys.executable, "-m"] + (["coverage", "run", "--source=filters", "-m"] if have_coverage else [])
+    cmd = runner + ["pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+                    "-W", "ignore:overflow encountered:RuntimeWarning", str(UNIT / "test_dns_fast.py")]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=10 * DNS_TIME_LIMIT)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert seconds < DNS_TIME_LIMIT, f"the pure-Python run took {seconds:.0f}s"
+    if not have_coverage:
+        pytest.skip("coverage is not installed: kernel line coverage not measured")
+    out = tmp_path / "coverage.json"
+    rep = subprocess.run([sys.executable, "-m", "coverage", "json", "-q", "-o", str(out),
+                          "--include=*/filters/_dns_kernels.py"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    (name, data), = json.loads(out.read_text())["files"].items()
+    pct = data["summary"]["percent_covered"]
+    print(f"line coverage of {name} without the JIT: {pct:.1f}% (missing lines {data['missing_lines']})")
+    assert pct >= MIN_DNS_KERNEL_COVERAGE, (pct, data["missing_lines"])

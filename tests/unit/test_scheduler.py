@@ -39,15 +39,15 @@ def test_start_without_a_record_spreads_a_fleet_over_a_tenth_of_the_interval() -
 def test_a_clock_jump_can_neither_stall_nor_speed_up_checks() -> None:
     # the record was written while the clock said 1970 (a Pi before NTP): due "decades" ahead
     assert start_delay(rec(50 * 365 * 86400), NOW, HOUR, have_signed_bundle=True) == 1.1 * HOUR
-    assert delay_after_run(rec(50 * 365 * 86400, a=1), {}, NOW, HOUR) == 1.1 * HOUR
+    assert delay_after_run(rec(50 * 365 * 86400), True, NOW, HOUR) == 1.1 * HOUR
 
 
 def test_after_a_run_the_recorded_jittered_time_counts() -> None:
-    assert delay_after_run(rec(3300, a=1), rec(10), NOW, HOUR) == 3300
+    assert delay_after_run(rec(3300), True, NOW, HOUR) == 3300
+    assert delay_after_run({}, True, NOW, HOUR, rand=lambda: 0.5) == HOUR  # a record without it
     # nothing recorded (config error, lock held): one jittered interval
-    same = rec(10)
-    assert delay_after_run(same, same, NOW, HOUR, rand=lambda: 0.0) == 0.9 * HOUR
-    assert delay_after_run(same, same, NOW, HOUR, rand=lambda: 1.0) == 1.1 * HOUR
+    assert delay_after_run(rec(10), False, NOW, HOUR, rand=lambda: 0.0) == 0.9 * HOUR
+    assert delay_after_run(rec(10), False, NOW, HOUR, rand=lambda: 1.0) == 1.1 * HOUR
 
 
 class FakeChild:
@@ -118,12 +118,24 @@ def test_check_now_and_stop(tmp_path: Path) -> None:
 
 
 def test_a_run_that_recorded_nothing_waits_one_interval(tmp_path: Path, caplog) -> None:
+    write_update_state(tmp_path, rec(10, last_result="up-to-date"))
     rig = Rig(tmp_path, have_signed_bundle=False)
     rig.s.poll()
     rig.children[0].code = 2  # e.g. the config file became invalid
     rig.s.poll()
     assert rig.s.due == rig.t + HOUR  # rand 0.5: no jitter
     assert "did not run (exit status 2)" in caplog.text
+
+
+def test_two_identical_records_in_one_second_still_count(tmp_path: Path) -> None:
+    record = rec(30, last_result="up-to-date")
+    write_update_state(tmp_path, record)
+    rig = Rig(tmp_path, have_signed_bundle=False)
+    rig.s.poll()
+    write_update_state(tmp_path, record)  # the same bytes, written again by this run
+    rig.children[0].code = 0
+    rig.s.poll()
+    assert rig.s.due == rig.t + 30
 
 
 def test_reconfigure_pulls_the_next_check_in_when_the_interval_shrinks(tmp_path: Path) -> None:
