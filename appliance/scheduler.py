@@ -12,7 +12,7 @@ updater switches ``bundles/current`` and each of them notices the pointer change
 queries and swaps (appliance/dns/service.py).
 
 When (:func:`start_delay`, :func:`delay_after_run`; pure, clock passed in): after a run, the
-``next_check`` the updater recorded (interval ± 10 % jitter, appliance/updater.py), read
+``next_check`` the updater recorded (interval ± 10 % jitter, JITTER in appliance/state.py), read
 back from update-state.json and clamped to [0, interval × (1 + JITTER)] so that a clock jump
 (a Pi without a real-time clock setting the time from NTP after boot) neither stalls checks
 nor makes them hot. At start: at once when no signed bundle is active yet (the demo serves
@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from appliance.config import UpdatesConfig
-from appliance.state import STATE_FILE, read_update_state
-from appliance.updater import JITTER
+from appliance.state import JITTER, STATE_FILE, read_update_state
 
 __all__ = ["UpdateScheduler", "start_delay", "delay_after_run", "updater_argv"]
 

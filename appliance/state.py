@@ -28,6 +28,7 @@ from filters.errors import EnvironmentFault, Where
 from signatures._atomic import fsync_dir, write_atomic
 
 __all__ = [
+    "JITTER",
     "BUNDLES", "CURRENT", "STATE_FILE", "bundle_dir_name", "parse_bundle_dir_name",
     "active_bundle_dir", "set_current", "list_bundles", "read_update_state", "write_update_state",
     "RUN_FILE", "write_run_state", "read_run_state", "clear_run_state", "pid_alive",
@@ -36,6 +37,11 @@ __all__ = [
 BUNDLES = "bundles"
 CURRENT = "current"
 STATE_FILE = "update-state.json"
+# Each device waits interval × (1 ± JITTER) between update checks: a fleet booted together
+# (after a power cut at the district) spreads its polls instead of hitting the repository at
+# once. Here, not in appliance/updater.py, so that the scheduler inside every serving process
+# can read it without importing the update machinery (tuf, cryptography, urllib3: ~6 MB).
+JITTER = 0.1
 RUN_FILE = "run.json"
 # <version>-<sha8>, and "-<n>" when a fresh copy replaces a damaged active bundle of that name
 _DIR_NAME = re.compile(r"([1-9][0-9]{0,17})-([0-9a-f]{8})(?:-[0-9]{1,4})?")

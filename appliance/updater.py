@@ -30,7 +30,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 from appliance.config import UpdatesConfig
 from appliance.fetcher import HttpFetcher
 from appliance.state import (
-    BUNDLES, STATE_FILE, active_bundle_dir, bundle_dir_name, list_bundles, parse_bundle_dir_name, read_update_state,
+    BUNDLES, JITTER, STATE_FILE, active_bundle_dir, bundle_dir_name, list_bundles, parse_bundle_dir_name, read_update_state,
     set_current, write_update_state,
 )
 from filters.errors import BundleError, EnvironmentFault, InputError, SchoolgateError, UpdateError, Where
@@ -42,9 +42,6 @@ from signatures.updater import TufClient, UpdateLimits, verify_unpacked
 
 __all__ = ["UpdateOutcome", "update_once", "recover_state_dir", "JITTER"]
 
-# Each device waits interval × (1 ± JITTER): a fleet booted together (after a power cut
-# at the district) spreads its polls instead of hitting the repository at once.
-JITTER = 0.1
 RESULTS = ("updated", "up-to-date", "refused", "failed")
 
 

@@ -1,24 +1,24 @@
-"""schoolgate vs dnsmasq under dnsperf, same block list and query file, in one run.
+"""schoolgate vs dnsmasq (and unbound, when installed) under dnsperf, same list, in one run.
 
     python -m benchmarks.dns [--list FILE ...] [--limit N] [--duration S] [--repeat N] [--clients N]
-                             [--qps N] [--latency-qps N] [--workers N] [--python-path]
+                             [--qps N] [--latency-qps N] [--workers N] [--python-path] [--no-unbound]
 
-Both servers get the same list (default: the first 1 M names of every shared list in a
-plain-name format): schoolgate as a compiled bundle, dnsmasq as an
-``--addn-hosts`` file (``0.0.0.0 name``). Both forward to one upstream dnsmasq that serves
-``*.allowed.test``, so the "cached" mix measures each server's cache. Mixes: ``blocked``
-(names sampled from the list), ``cached`` (1,000 allowed names, warmed up first), ``mixed``
-(half each). Per server and mix: qps, average latency, lost queries, server CPU-seconds
-during the measured run (utime + stime from /proc/<pid>/stat, summed over the process and
-its children, with the user/system split), queries answered per CPU-second; then latency
-percentiles from a second dnsperf run at a fixed offered load (``--latency-qps``, the same
-for every server; dnsperf -v reports each query's latency). Per server: RSS and PSS
-(smaps_rollup, summed over its processes) after the mixes, and start-up time to the first
-answer (schoolgate runs with development-only packages hidden, as on the appliance: see
-DEV_ONLY). The servers run back to back, ``--repeat`` times in turn (the machine is shared:
-interleaving spreads other load over both); the tables show medians. dnsperf runs on the
-same 2 cores, so qps saturates near the client's own limit; queries per server CPU-second
-is the fairer figure.
+Every server gets the same list (default: the first 1 M names of every shared list in a
+plain-name format): schoolgate as a compiled bundle, dnsmasq as an ``--addn-hosts`` file
+(``0.0.0.0 name``), unbound as ``local-zone: "name." always_null``. All forward to one
+upstream dnsmasq that serves ``*.allowed.test``, so the "cached" mix measures each server's
+cache. Mixes: ``blocked`` (names sampled from the list), ``cached`` (1,000 allowed names,
+warmed up first), ``mixed`` (half each). Per server and mix: qps, average latency, lost
+queries, server CPU-seconds during the measured run (utime + stime from /proc/<pid>/stat,
+summed over the process and its children, with the user/system split), queries answered
+per CPU-second; then latency percentiles from a second dnsperf run at a fixed offered load
+(``--latency-qps``, the same for every server; dnsperf -v reports each query's latency).
+Per server: RSS and PSS (smaps_rollup, summed over its processes) after the mixes, and
+start-up time to the first answer (schoolgate runs with development-only packages hidden,
+as on the appliance: see DEV_ONLY). The servers run back to back, ``--repeat`` times in turn
+(the machine is shared: interleaving spreads other load over all of them); the tables show
+medians. dnsperf runs on the same 2 cores, so qps saturates near the client's own limit;
+queries per server CPU-second is the fairer figure. Ratios are against dnsmasq.
 
 Loopback only. Every process started here is stopped by its pid.
 """
@@ -193,6 +193,36 @@ class Server:
         self._log.close()
 
 
+def unbound_config(tmp: Path, port: int, up_port: int) -> Path:
+    """unbound with every listed name as an ``always_null`` local zone (0.0.0.0 / ::, as
+    dnsmasq's hosts file and schoolgate's null mode answer), forwarding the rest to the same
+    upstream, one thread, the same cache size in entries as the others, no DNSSEC."""
+    conf = tmp / f"unbound-{port}.conf"
+    conf.write_text(f"""server:
+  interface: 127.0.0.1
+  port: {port}
+  do-ip6: no
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "{tmp}"
+  pidfile: ""
+  use-syslog: no
+  verbosity: 0
+  num-threads: 1
+  access-control: 127.0.0.0/8 allow
+  do-not-query-localhost: no
+  module-config: "iterator"
+  msg-cache-size: 4m
+  rrset-cache-size: 8m
+  include: "{tmp / 'unbound-zones.conf'}"
+forward-zone:
+  name: "."
+  forward-addr: 127.0.0.1@{up_port}
+""")
+    return conf
+
+
 # Packages of the development venv that numba imports when present but the appliance image
 # does not install (numba.misc.coverage_support imports coverage: ~5 MB per process).
 DEV_ONLY = ("coverage",)
@@ -246,9 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-seconds", type=float, default=3.0)
     ap.add_argument("--mix", action="append", choices=("blocked", "cached", "mixed"))
     ap.add_argument("--workers", type=int, default=1, help="schoolgate dns.workers")
+    ap.add_argument("--no-unbound", action="store_true", help="leave unbound out even when installed")
     ap.add_argument("--python-path", action="store_true",
                     help="also schoolgate with dns.fast_path: false (the plain asyncio loop)")
     args = ap.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every server started here.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for tool in ("dnsperf", "dnsmasq"):
         if shutil.which(tool) is None:
             print(f"needs {tool} (apt-get install dnsperf dnsmasq)", file=sys.stderr)
@@ -292,8 +325,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"block_mode: 'null', rate_limit: 0, cache_size: 10000, workers: {args.workers}, "
                     f"fast_path: {'true' if fast else 'false'}}}\n"
                     "policies: {default: {block: [bench]}}\n")
+            others = ["dnsmasq"] + (["unbound"] if shutil.which("unbound") and not args.no_unbound else [])
+            if "unbound" in others:
+                (tmp / "unbound-zones.conf").write_text("".join(f'local-zone: "{n}." always_null\n' for n in names))
             for rep in range(args.repeat):
-                order = [n for n, _ in variants] + ["dnsmasq"]
+                order = [n for n, _ in variants] + others
                 if rep % 2:
                     order.reverse()  # alternate who goes first
                 for name in order:
@@ -304,12 +340,14 @@ def main(argv: list[str] | None = None) -> int:
                                "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={port}",
                                "--pid-file=", "--cache-size=10000", "--log-facility=/dev/null"] \
                             + (["--user=root"] if os.geteuid() == 0 else [])
+                    elif name == "unbound":
+                        cmd = ["unbound", "-d", "-c", str(unbound_config(tmp, port, up_port))]
                     else:
                         cfg = tmp / f"{name}-{rep}.yaml"
                         cfg.write_text((tmp / f"{name}.yaml").read_text().replace("{port}", str(port)))
                         cmd = [sys.executable, "-m", "appliance.cli", "run", "--config", str(cfg)]
                     srv = Server(name, cmd, port, tmp / f"{name}-{rep}.log",
-                                 env=None if name == "dnsmasq" else {"PYTHONPATH": str(hide_dev_packages(tmp))})
+                                 env=None if name in others else {"PYTHONPATH": str(hide_dev_packages(tmp))})
                     try:
                         for r in measure(srv, port, mixes, tmp, args):
                             results.setdefault(name, []).append(r)
@@ -320,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                         srv.stop()
         finally:
             upstream.stop()
-    print(f"# DNS: schoolgate vs dnsmasq — {machine()}")
+    print(f"# DNS: schoolgate vs {' and '.join(others)} — {machine()}")
     print(f"# {len(names):,} names (bundle compiled in {compile_s:.1f} s), dnsperf -c {args.clients} -q 200 "
           f"-l {args.duration:g}" + (f" -Q {args.qps}" if args.qps else "")
           + f"; latency percentiles at -Q {args.latency_qps}; schoolgate workers: {args.workers}; "
@@ -350,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     ratios = []
     dm_rss = median([s["rss_mib"] for s in servers.get("dnsmasq", [])])
-    for name, _ in [(n, None) for n in results if n != "dnsmasq"]:
+    for name in [n for n in results if n not in others]:
         sg_pss = median([s["pss_mib"] for s in servers[name]])
         for mix in mixes:
             sg, dm = agg.get((name, mix)), agg.get(("dnsmasq", mix))

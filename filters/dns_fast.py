@@ -11,7 +11,7 @@ them from lists of packets (:meth:`Batch.run_packets`).
 
 from __future__ import annotations
 
-import socket
+import ipaddress
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,16 +60,13 @@ def client_key(address: str) -> np.ndarray:
     """A client address as the kernels see it: uint8[17], family then address bytes
     (scope suffixes such as ``%eth0`` ignored, as the policy table ignores them)."""
     row = np.zeros(K.ADDR_WIDTH, dtype=np.uint8)
-    host = address.split("%", 1)[0]
-    for fam, code, size in ((socket.AF_INET, 4, 4), (socket.AF_INET6, 6, 16)):
-        try:
-            packed = socket.inet_pton(fam, host)
-        except OSError:
-            continue
-        row[0] = code
-        row[1:1 + size] = np.frombuffer(packed, dtype=np.uint8)
-        return row
-    return row  # not an address: family 0, the default policy
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return row  # not an address: family 0, the default policy
+    row[0] = ip.version
+    row[1:1 + len(ip.packed)] = np.frombuffer(ip.packed, dtype=np.uint8)
+    return row
 
 
 def _records(answer: bytes) -> bytes:

@@ -12,7 +12,7 @@
 # build needs no loop device and no mount of the image at all.
 #
 # Disk layout (MBR, the same on both arches; the disk id is random per build):
-#   p1  FAT32  SGBOOT  256 MiB   kernel, initrd, firmware/boot loader, schoolgate.yaml
+#   p1  FAT32  SGBOOT  160 MiB   kernel, initrd, firmware/boot loader, schoolgate.yaml
 #   p2  ext4   SGROOT            the system, mounted read-only
 #   p3  ext4   SGDATA            /var (bundles, config, logs, numba cache); grown to the
 #                                end of the card at first boot
@@ -30,12 +30,13 @@ SUITE=bookworm
 PY=python3.11                       # bookworm's Python: the wheels are built for it
 VENV=/opt/schoolgate/venv
 STATE=/var/lib/schoolgate
-BOOT_MIB=256
+# Kernel + initrd + firmware take ~40 MB (amd64) to ~70 MB (Pi); room for one more set.
+BOOT_MIB=160
 # Free space left in the root file system: enough for the one-time machine-id commit and
 # a little slack, small because nothing else ever writes there (it is mounted read-only).
 ROOT_SLACK_MIB=48
 # The data partition as shipped; first boot grows it to the end of the card.
-DATA_MIB=192
+DATA_MIB=64
 
 log() { printf '\n==> [%s %ss] %s\n' "${ARCH:-?}" "$SECONDS" "$*" >&2; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -134,27 +135,27 @@ debootstrap_root() {
                   initramfs-tools zstd less)
     # Trimmed from the image: documentation and translations (an appliance has no man
     # pages; copyright files stay), and kernel modules for hardware a filtering gateway
-    # never has (sound, video capture, GPUs of desktops, InfiniBand, ISDN, amateur radio).
+    # never has (video capture, InfiniBand, ISDN, Wi-Fi and Bluetooth, amateur radio, CAN,
+    # staging drivers, industrial sensors). Kernel paths are /lib/modules in the packages.
     local excl=(
         'path-exclude=/usr/share/man/*' 'path-exclude=/usr/share/info/*'
         'path-exclude=/usr/share/doc/*' 'path-include=/usr/share/doc/*/copyright'
         'path-exclude=/usr/share/locale/*' 'path-include=/usr/share/locale/locale.alias'
-        'path-exclude=/usr/lib/modules/*/kernel/sound/*'
-        'path-exclude=/usr/lib/modules/*/kernel/drivers/media/*'
-        'path-exclude=/usr/lib/modules/*/kernel/drivers/infiniband/*'
-        'path-exclude=/usr/lib/modules/*/kernel/drivers/isdn/*'
-        'path-exclude=/usr/lib/modules/*/kernel/net/hamradio/*'
-        'path-exclude=/usr/lib/modules/*/kernel/drivers/net/hamradio/*'
-        'path-exclude=/usr/lib/modules/*/kernel/drivers/gpu/drm/amd/*'
-        'path-exclude=/usr/lib/modules/*/kernel/drivers/gpu/drm/nouveau/*'
-        'path-exclude=/usr/lib/modules/*/kernel/drivers/gpu/drm/i915/*'
-        'path-exclude=/usr/lib/modules/*/kernel/drivers/gpu/drm/radeon/*'
     )
+    local m
+    for m in drivers/media drivers/infiniband drivers/isdn drivers/staging drivers/iio \
+             drivers/net/wireless drivers/bluetooth net/bluetooth drivers/net/hamradio net/hamradio \
+             drivers/net/can net/can drivers/nfc net/nfc "${ARCH_MODULE_EXCLUDES[@]}"; do
+        excl+=("path-exclude=/lib/modules/*/kernel/$m/*" "path-exclude=/usr/lib/modules/*/kernel/$m/*")
+    done
     local dpkgopts=() e
     for e in "${excl[@]}"; do dpkgopts+=(--dpkgopt="$e"); done
     # /boot/firmware exists before the kernel's maintainer scripts run: raspi-firmware's
     # hooks copy kernel, initrd and device trees there.
+    # merged-usr hook: /usr is merged by mmdebstrap itself, not by the usrmerge package
+    # (which would pull in perl, 40 MB the appliance never uses).
     mmdebstrap --mode=root --variant=apt --arch="$ARCH" \
+        --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
         --include="$(IFS=,; echo "${common[*]} ${ARCH_PACKAGES[*]}" | tr ' ' ,)" \
         "${dpkgopts[@]}" \
         --setup-hook='mkdir -p "$1/boot/firmware" "$1/etc/default"' \
@@ -173,11 +174,22 @@ progress_filter() {
 }
 
 # --- 3. the appliance ----------------------------------------------------------------------
+# Kernel modules compressed with xz (kmod loads .ko.xz; the initramfs, already built,
+# keeps its own copies): about a third of their size, the largest part of the root.
+compress_modules() {
+    log "compressing kernel modules (xz)"
+    local kver
+    kver=$(basename "$(ls -d "$ROOTFS"/usr/lib/modules/* | sort -V | tail -1)")
+    find "$ROOTFS/usr/lib/modules/$kver" -name '*.ko' -print0 \
+        | xargs -0 -r -P 2 -n 64 xz --check=crc32 --lzma2=preset=6,dict=1MiB -T1 -q
+    in_chroot depmod -a "$kver"
+}
+
 install_files() {
     log "system files (units, nftables, sysctl, journald, watchdog, fstab)"
     # Static files, copied as they are (owner root).
     (cd "$HERE/files" && tar --owner=0 --group=0 -cf - .) | tar -xf - -C "$ROOTFS" --no-same-owner
-    chmod 0755 "$ROOTFS"/usr/lib/schoolgate/*
+    chmod 0755 "$ROOTFS"/usr/lib/schoolgate/{firstboot,growdata,console-status,schoolgate}
     # PARTUUIDs of this build's disk: root=, fstab and the boot loader all name partitions
     # by them, so a second disk carrying the same labels (a USB stick flashed with the same
     # image) cannot be mounted by mistake.
@@ -230,12 +242,15 @@ install_venv() {
     mkdir -p "$ROOTFS$site/config"
     (cd "$REPO/config" && tar --owner=0 --group=0 --exclude=./demo/keys-DEMO-NOT-SECRET \
         -cf - default.yaml demo examples) | tar -xf - -C "$ROOTFS$site/config" --no-same-owner
-    ln -sfn "$VENV/bin/schoolgate" "$ROOTFS/usr/local/bin/schoolgate"
+    # The admin's `schoolgate` runs with the service's environment and user.
+    ln -sfn /usr/lib/schoolgate/schoolgate "$ROOTFS/usr/local/bin/schoolgate"
     # Byte-compile now: the root is read-only on the device, so .pyc files written later
     # would be lost at every start.
     in_chroot "$VENV/bin/python" -m compileall -q -j 0 "$VENV/lib" >/dev/null || true
     in_chroot "$VENV/bin/pip" freeze --all > "$WORK/versions.txt"
     install -m 0644 "$WORK/versions.txt" "$ROOTFS/opt/schoolgate/versions.txt"
+    # Nothing is ever installed on the device (read-only root): no pip, no setuptools.
+    in_chroot "$VENV/bin/python" -m pip uninstall -q -y pip setuptools >/dev/null 2>&1 || true
 }
 
 # Install the demo bundle and warm the numba cache exactly as the service will run: as the
@@ -251,7 +266,7 @@ warm_up() {
     sed -i -e 's/^\(  listen: \).*/\1["127.0.0.1:5353"]/' "$ROOTFS$cfg"
     in_chroot_netns /bin/sh -c "
         set -e
-        export NUMBA_CACHE_DIR=$STATE/numba-cache NUMBA_CPU_NAME=generic HOME=$STATE
+        set -a; . /usr/lib/schoolgate/environment; set +a
         runuser -u schoolgate -- $VENV/bin/schoolgate run --config $cfg >/tmp/warm-run.log 2>&1 &
         pid=\$!
         i=0
@@ -324,7 +339,7 @@ mib_of() { du -sm --apparent-size "$1" | cut -f1; }
 make_image() {
     log "file systems and the disk image"
     local fs="$WORK/fs"
-    rm -rf "$fs"
+    rm -rf "$fs" "$IMG.xz"
     mkdir -p "$fs"
     # The boot partition also carries the admin's template.
     install -m 0644 "$HERE/boot/schoolgate.yaml" "$ROOTFS/boot/firmware/schoolgate.yaml"
@@ -405,11 +420,17 @@ main() {
         amd64)
             ARCH_PACKAGES=(linux-image-amd64 systemd-boot-efi)
             ARCH_HOOKS=()
+            # Desktop GPUs and sound cards: a VM or PC gateway needs neither (its console is
+            # the EFI framebuffer, virtio-gpu or bochs).
+            ARCH_MODULE_EXCLUDES=(sound drivers/gpu/drm/amd drivers/gpu/drm/nouveau
+                                  drivers/gpu/drm/i915 drivers/gpu/drm/radeon)
             PLATFORMS="manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 linux_x86_64"
             BOOT_TYPE=ef   # EFI system partition (UEFI firmware looks for its loader there)
             ;;
         arm64)
             ARCH_PACKAGES=(linux-image-arm64 raspi-firmware)
+            # The Pi's HDMI driver (vc4) links against the sound modules: keep both.
+            ARCH_MODULE_EXCLUDES=()
             # raspi-firmware's hook reads its settings when the kernel is installed.
             ARCH_HOOKS=(--setup-hook="cp '$HERE/pi/raspi-firmware' \"\$1/etc/default/raspi-firmware\"")
             PLATFORMS="manylinux_2_28_aarch64 manylinux_2_27_aarch64 manylinux_2_17_aarch64 manylinux2014_aarch64 linux_aarch64"
@@ -429,12 +450,16 @@ main() {
     debootstrap_root
     install_files
     chroot_mounts "$ROOTFS"
+    compress_modules
     setup_system
     install_venv
     warm_up
     in_chroot rm -rf /tmp/wheels
     cleanup
     "boot_$ARCH"
+    # The boot loader reads kernel and initrd from the boot partition: the copies in the
+    # root's /boot would only take space (the kernel's config and System.map stay).
+    rm -f "$ROOTFS"/boot/vmlinuz-* "$ROOTFS"/boot/initrd.img-* "$ROOTFS"/vmlinuz* "$ROOTFS"/initrd.img*
     make_image
     compress_image
     [ "${SG_KEEP_ROOTFS:-}" = 1 ] || rm -rf "$ROOTFS"

@@ -16,9 +16,9 @@
 #      boot partition was replaced by its hash.
 # Prints the times (boot to first filtered DNS answer) and exits non-zero on any failure.
 #
-# Network safety: the guest's only resolver path is schoolgate -> dnsmasq on the host's
-# loopback (through qemu's 10.0.2.2), which answers nothing else, so the guest never
-# reaches an outside address (no NTP or update traffic).
+# Network safety: everything runs in a network namespace of its own with only loopback, so
+# whatever the guest tries (NTP, its resolvers, updates) cannot leave this machine; its
+# upstream is dnsmasq on that namespace's 127.0.0.1 (through qemu's 10.0.2.2).
 #
 # Environment: SG_ACCEL=kvm|tcg (default: kvm if usable), SG_BOOT_TIMEOUT (s, default 600),
 # SG_KEEP=1 keeps the work directory.
@@ -85,16 +85,44 @@ ask() {
         | awk '/->>HEADER<<-/ {gsub(",", "", $6); st=$6} /^[^;].*\tIN\tA\t/ {a = a " " $5} END {print st a}'
 }
 
+# Boot the work copy; sets QEMU_PID and T0 (when qemu started).
+start_qemu() {
+    local accel=$1 cpu=max
+    [ "$accel" = kvm ] && cpu=host
+    log "booting $IMAGE with -accel $accel (DNS on 127.0.0.1:$DNS_PORT, web on 127.0.0.1:$WEB_PORT)"
+    : > "$WORK/serial.log"
+    T0=$SECONDS
+    qemu-system-x86_64 -accel "$accel" -cpu "$cpu" -m 1024 -smp 2 -bios "$OVMF" \
+        -drive file="$WORK/disk.img",format=raw,if=virtio,cache=unsafe \
+        -netdev "user,id=n0,hostfwd=udp:127.0.0.1:$DNS_PORT-:53,hostfwd=tcp:127.0.0.1:$DNS_PORT-:53,hostfwd=tcp:127.0.0.1:$WEB_PORT-:80" \
+        -device virtio-net-pci,netdev=n0 -device i6300esb \
+        -display none -monitor none -serial "file:$WORK/serial.log" -no-reboot 2>"$WORK/qemu.err" &
+    QEMU_PID=$!
+}
+
 main() {
-    need qemu-system-x86_64 mcopy mtype sfdisk dig dnsmasq python3 curl
+    # Only loopback, ever: the guest's user-mode network reaches the outside through this
+    # process's sockets, so the whole test runs in a network namespace of its own that has
+    # nothing but lo. dig, dnsmasq and the port forwards all live in it.
+    if [ -z "${SG_IN_NETNS:-}" ]; then
+        local how=(--net)
+        [ "$(id -u)" = 0 ] || how=(--net --map-root-user)
+        unshare "${how[@]}" true 2>/dev/null \
+            || fail "cannot create a network namespace (unshare ${how[*]}): refusing to boot a guest that could reach the network"
+        SG_IN_NETNS=1 exec unshare "${how[@]}" -- "$0" "$@"
+    fi
+    ip link set lo up
+    need qemu-system-x86_64 mcopy mtype sfdisk dig dnsmasq python3 curl unshare ip
     [ -f "$IMAGE" ] || fail "no image at $IMAGE (build it: image/build.sh amd64)"
-    local ovmf=/usr/share/ovmf/OVMF.fd
-    [ -f "$ovmf" ] || fail "no UEFI firmware $ovmf (apt-get install ovmf)"
+    OVMF=/usr/share/ovmf/OVMF.fd
+    [ -f "$OVMF" ] || fail "no UEFI firmware $OVMF (apt-get install ovmf)"
     WORK=$(mktemp -d /tmp/schoolgate-boot.XXXXXX)
     log "work directory $WORK"
 
     # 1. the image copy and the admin's schoolgate.yaml
     cp --sparse=always "$IMAGE" "$WORK/disk.img"
+    # A bigger "SD card" than the image, as in real life: first boot grows the data partition.
+    truncate -s +1G "$WORK/disk.img"
     local boot_off
     boot_off=$(part_offset "$WORK/disk.img" 1)
     UPSTREAM_PORT=$(free_port)
@@ -116,27 +144,28 @@ main() {
     # 3. boot
     DNS_PORT=$(free_port)
     WEB_PORT=$(free_port)
+    # KVM where it works; some hosts' KVM (nested or paravirtual) cannot run the UEFI
+    # firmware ("emulation failure"), which shows within seconds: then TCG.
     local accel=${SG_ACCEL:-}
-    if [ -z "$accel" ]; then
-        if [ -r /dev/kvm ] && [ -w /dev/kvm ] && \
-           qemu-system-x86_64 -accel kvm -machine none -display none -S -monitor none -daemonize \
-               -pidfile "$WORK/probe.pid" 2>/dev/null; then
-            kill "$(cat "$WORK/probe.pid")" 2>/dev/null || true
-            accel=kvm
-        else
-            accel=tcg
-        fi
+    if [ -z "$accel" ] && [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+        start_qemu kvm
+        local i
+        for i in $(seq 60); do
+            if grep -qiE "emulation failure|internal error" "$WORK/qemu.err" 2>/dev/null \
+               || ! kill -0 "$QEMU_PID" 2>/dev/null; then
+                log "KVM cannot run this guest here ($(grep -m1 -iE 'emulation failure|internal error' "$WORK/qemu.err" || echo 'qemu exited')): falling back to TCG"
+                kill "$QEMU_PID" 2>/dev/null; wait "$QEMU_PID" 2>/dev/null || true
+                QEMU_PID=
+                break
+            fi
+            [ -s "$WORK/serial.log" ] && break
+            sleep 1
+        done
+        if [ -n "$QEMU_PID" ]; then accel=kvm; else accel=tcg; fi
     fi
-    local cpu=max
-    [ "$accel" = kvm ] && cpu=host
-    log "booting $IMAGE with -accel $accel (DNS on 127.0.0.1:$DNS_PORT, web on 127.0.0.1:$WEB_PORT)"
-    local t0=$SECONDS
-    qemu-system-x86_64 -accel "$accel" -cpu "$cpu" -m 1024 -smp 2 -bios "$ovmf" \
-        -drive file="$WORK/disk.img",format=raw,if=virtio,cache=unsafe \
-        -netdev "user,id=n0,hostfwd=udp:127.0.0.1:$DNS_PORT-:53,hostfwd=tcp:127.0.0.1:$DNS_PORT-:53,hostfwd=tcp:127.0.0.1:$WEB_PORT-:80" \
-        -device virtio-net-pci,netdev=n0 -device i6300esb \
-        -display none -monitor none -serial "file:$WORK/serial.log" -no-reboot &
-    QEMU_PID=$!
+    accel=${accel:-tcg}
+    [ -n "$QEMU_PID" ] || start_qemu "$accel"
+    local t0=$T0
 
     # 4. the first filtered answer
     local st first=""
@@ -161,7 +190,7 @@ main() {
     # The console banner (schoolgate-console.service) says the config was taken.
     local banner=""
     while [ $((SECONDS - t0)) -lt "$TIMEOUT" ]; do
-        if grep -q "schoolgate: ready" "$WORK/serial.log" 2>/dev/null; then banner=$((SECONDS - t0)); break; fi
+        if grep -q "end of status" "$WORK/serial.log" 2>/dev/null; then banner=$((SECONDS - t0)); break; fi
         sleep 1
     done
     tr -d '\r' < "$WORK/serial.log" | sed 's/\x1b\[[0-9;]*[a-zA-Z]//g' > "$WORK/serial.txt"
@@ -169,7 +198,9 @@ main() {
         check "console banner" "yes" "yes"
         check "config from the boot partition accepted" "yes" \
             "$(grep -q 'OK, using schoolgate.yaml from the boot partition' "$WORK/serial.txt" && echo yes || echo no)"
-        sed -n '/====/,/====/p' "$WORK/serial.txt" | sed 's/^/    /' >&2
+        sed -n '/====/,/end of status/p' "$WORK/serial.txt" | sed 's/^/    /' >&2
+        check "data partition grown to the end of the disk" "yes" \
+            "$(grep -q 'growdata: growing' "$WORK/serial.txt" && echo yes || echo no)"
     else
         check "console banner" "yes" "no (not printed within $TIMEOUT s)"
     fi

@@ -129,6 +129,7 @@ def _serve(fd, io, rx, rxlen, addrs, tx, txlen, txsrc, act, tables, match, cache
             rx_namelen[i] = names.shape[1]
         n = _recvmmsg(fd, rx_vec, size, _MSG_DONTWAIT)
         if n <= 0:
+            result[R_RECEIVED] = 0
             return  # nothing waiting (EAGAIN) or an error the plain loop would also skip
         result[R_RECEIVED] = n
         result[R_BATCHES] += 1
@@ -141,7 +142,7 @@ def _serve(fd, io, rx, rxlen, addrs, tx, txlen, txsrc, act, tables, match, cache
         for j in range(nsend):
             s = txsrc[j]
             tx_names[j, :] = names[s, :]
-            tx_namelen[j] = rx_namelen[s]
+            tx_namelen[j] = min(rx_namelen[s], names.shape[1])  # never past our buffer
             tx_iovlen[j] = txlen[j]
         k = 0
         while k < nsend:
@@ -194,7 +195,6 @@ class FastPath:
 
     def __init__(self, batch: int = DEFAULT_BATCH) -> None:
         self.batch = Batch(batch)
-        self.send_errors = 0
         self._pipeline: Pipeline | None = None
         self._tables: FastTables | None = None
         self._none_limiter = disabled_limiter()
@@ -260,8 +260,8 @@ class FastPath:
                 server.send_errors += int(res[R_SEND_ERRORS])
             if slow:
                 self._hand_over(sock, server, pipeline, n)
-            if n < b.size and not slow:
-                return
+            if n < b.size:
+                return  # the socket was empty
 
     def _hand_over(self, sock: socket.socket, server, pipeline: Pipeline, n: int) -> None:
         """The packets of the last batch that the kernel left to Python."""

@@ -1,10 +1,12 @@
 """UDP and TCP listeners on an asyncio loop, both driving the same Pipeline.
 
-UDP: the loop watches each socket with ``add_reader`` and the callback drains up to
-UDP_BATCH datagrams per wake-up with plain ``recvfrom``/``sendto``. Measured on this
-2-core machine with dnsperf against blocked names (benchmarks/dns.py --loop), this beats
-a DatagramProtocol, whose per-datagram callback and transport bookkeeping cost more than
-the answer itself; see README "DNS service" for the figures.
+UDP: the loop watches each socket with ``add_reader``. With the fast path (the default:
+appliance/dns/fastpath.py) the callback hands the socket to one jitted call that receives,
+answers and sends whole batches, and only the packets it leaves over come through the
+pipeline here. Without it, the callback drains up to UDP_BATCH datagrams per wake-up with
+plain ``recvfrom``/``sendto``; measured on this 2-core machine with dnsperf against blocked
+names, that beats a DatagramProtocol, whose per-datagram callback and transport bookkeeping
+cost more than the answer itself. See README "DNS service" for the figures.
 
 TCP (RFC 7766): 2-byte length framing; queries on one connection are read and answered as
 they come (pipelining) — forwarded ones complete out of order, which §6.2.1.1 allows; a

@@ -71,9 +71,15 @@ class ForkedRun:
             self.code = int(line[1])
         return self.code
 
-    def kill(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
+    def kill(self) -> bool:
+        """SIGKILL the run; False when it had already exited (it won the race)."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            self.poll(30)
+            return False
         assert self.poll(30) is not None
+        return self.code != 0
 
     def finish(self) -> int:
         code = self.poll(60)
@@ -88,9 +94,12 @@ class FreshRun:
     def poll(self) -> int | None:
         return self.p.poll()
 
-    def kill(self) -> None:
+    def kill(self) -> bool:
+        """SIGKILL the run; False when it had already exited (it won the race)."""
+        if self.p.poll() is not None:
+            return False
         self.p.kill()
-        self.p.wait(30)
+        return self.p.wait(30) != 0
 
     def finish(self) -> int:
         return self.p.wait(60)
@@ -192,8 +201,7 @@ def test_kill_9_during_updates_never_leaves_an_invalid_state(tmp_path: Path) -> 
             elif phase == "activate":
                 hit = _wait(lambda: (state / "bundles" / name).exists(), run, 30)
                 hit = hit and not _wait(lambda: False, run, rng.uniform(0, 0.004))
-            if hit and run.poll() is None:
-                run.kill()
+            if hit and run.poll() is None and run.kill():
                 kills[f"{kind}:{phase}"] += 1
             else:
                 assert run.finish() == 0

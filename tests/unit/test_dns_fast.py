@@ -351,7 +351,7 @@ def test_fuzz_kernel_never_crashes(matcher) -> None:
             else:
                 handed += o == ACT_PYTHON
         twin.clock.t += 0.01
-    assert handed > 0
+    assert handed > 0 and (len(corpus) >= 100_000 or os.environ.get("NUMBA_DISABLE_JIT") == "1")
     # Differential on a sample (the pipeline is ~100x slower on these: dnslib).
     sample = Twin(matcher)
     for i in range(0, 6400, 64):
