@@ -89,7 +89,10 @@ def _policy_mask(catalog, args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.policy not in cfg.policies:
         raise InputError(f"no policy {args.policy!r} in {args.config} (have: {', '.join(cfg.policies) or 'none'})")
-    return catalog.mask(cfg.policies[args.policy].block)
+    from filters.policy import blocked_categories
+
+    p = cfg.policies[args.policy]  # its own categories and doh unless allowed (schedules not applied)
+    return catalog.mask(blocked_categories(p.block, p.allow_doh, catalog.categories))
 
 
 def _open_matcher(args: argparse.Namespace, err: TextIO):
@@ -341,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     from appliance.inspect import add_parser as add_inspect
 
     add_inspect(sub)  # schoolgate inspect PCAP (appliance/inspect.py)
+
+    from appliance.web.cli import add_parser as add_web
+
+    add_web(sub)  # schoolgate web hash-password (appliance/web/cli.py)
 
     from appliance.run import cmd_check_config, cmd_run
 

@@ -11,16 +11,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from appliance.config_dns import DnsConfig, Network, check_policy_keys, parse_dns, parse_networks
+from appliance.config_dns import (DnsConfig, Network, check_policy_keys, parse_dns, parse_networks,
+                                  parse_timezone, policy_extras)
+from appliance.config_web import WebConfig, parse_web
+from appliance.config_flows import FlowsConfig, parse_flows
+from appliance.config_log import LogConfig, parse_log
 from filters.errors import BadNameError, ConfigError, Where
 from filters.names import normalise_pattern
+from filters.safesearch import SafeSearch
+from filters.schedule import ScheduleEntry
 from signatures.yamldoc import YamlDoc, load_yaml
 
 __all__ = ["Policy", "UpdatesConfig", "Config", "ConfigErrors", "load_config", "parse_duration",
-           "DEFAULT_STATE_DIR"]
+           "DEFAULT_STATE_DIR", "NO_BUNDLE_MODES"]
 
 DEFAULT_STATE_DIR = "/var/lib/schoolgate"
-_TOP_KEYS = {"state_dir", "bundle", "dns", "updates", "web", "policies", "local", "networks"}
+_TOP_KEYS = {"state_dir", "bundle", "dns", "updates", "web", "policies", "local", "networks", "flows", "log",
+             "timezone", "no_bundle"}
+# What DNS answers while no bundle opens (appliance/no_bundle.py): the embedded demo bundle,
+# REFUSED to every query, or forwarding unfiltered (said loudly on the status page).
+NO_BUNDLE_MODES = ("embedded", "refuse", "forward")
 _UPDATE_KEYS = {"repository", "trusted_root", "interval", "timeout", "keep"}
 # Poll at least weekly (the timestamp expires daily; a device a week behind is already
 # stale). The floor is one second for labs and tests: an up-to-date check fetches one
@@ -48,6 +58,9 @@ class Policy:
     name: str
     block: tuple[str, ...]  # category names
     block_mode: str | None = None  # how the DNS server answers blocked names (None: dns.block_mode)
+    safesearch: SafeSearch = SafeSearch()  # filters/safesearch.py (off by default)
+    allow_doh: bool = False  # the bundle's doh category is blocked unless this is true
+    schedule: tuple[ScheduleEntry, ...] = ()  # extra categories by weekday and time (filters/schedule.py)
     where: Where | None = field(default=None, compare=False)  # for errors found later (unknown category)
 
 
@@ -72,6 +85,11 @@ class Config:
     updates: UpdatesConfig | None = None
     dns: DnsConfig = field(default_factory=DnsConfig)
     networks: tuple[Network, ...] = ()
+    timezone: str = "UTC"  # IANA zone that policy schedules are read in
+    web: WebConfig = field(default_factory=WebConfig)
+    flows: FlowsConfig = field(default_factory=FlowsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    no_bundle: str = "embedded"  # one of NO_BUNDLE_MODES
 
     def bundle_path(self) -> Path:
         """The bundle to serve: the configured one, else the active one in the state dir.
@@ -113,7 +131,8 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
             errors.append(doc.error("categories must be names", "policies", name, "block"))
             continue
         mode = check_policy_keys(doc, str(name), body, errors)
-        policies[str(name)] = Policy(str(name), tuple(cats), mode, doc.where("policies", name, "block"))
+        extras = policy_extras(doc, str(name), body, errors)
+        policies[str(name)] = Policy(str(name), tuple(cats), mode, where=doc.where("policies", name, "block"), **extras)
     local = d.get("local", {}) or {}
     lists: dict[str, tuple[str, ...]] = {"block": (), "allow": ()}
     if not isinstance(local, dict):
@@ -135,10 +154,17 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
     updates = _updates(doc, d, base, errors)
     dns = parse_dns(doc, d, errors)
     networks = parse_networks(doc, d, set(policies), errors)
+    tz = parse_timezone(doc, d, errors)
+    web = parse_web(doc, d, errors)
+    flows = parse_flows(doc, d, errors)
+    log = parse_log(doc, d, errors)
+    no_bundle = d.get("no_bundle", "embedded")
+    if no_bundle not in NO_BUNDLE_MODES:
+        errors.append(doc.error(f"no_bundle must be one of {', '.join(NO_BUNDLE_MODES)}", "no_bundle"))
     if errors:
         raise ConfigErrors(errors)
     return Config(doc.file, state_dir, bundle, policies, lists["block"], lists["allow"], d, updates,
-                  dns=dns, networks=networks)
+                  dns=dns, networks=networks, timezone=tz, web=web, flows=flows, log=log, no_bundle=no_bundle)
 
 
 def parse_duration(value: object) -> int | None:

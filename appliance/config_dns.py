@@ -9,13 +9,17 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from filters.dns_answer import BLOCK_MODES, DEFAULT_BLOCK_TTL
-from filters.errors import ConfigError, Where
+from filters.errors import ConfigError, InputError, Where
+from filters.safesearch import parse_safesearch
+from filters.schedule import ScheduleEntry, load_zone, parse_entry
 from signatures.yamldoc import YamlDoc
 
-__all__ = ["DnsConfig", "Network", "parse_dns", "parse_networks", "check_policy_keys",
-           "parse_hostport", "DEFAULT_LISTEN", "DEFAULT_POLICY"]
+__all__ = ["DnsConfig", "Network", "parse_dns", "parse_networks", "check_policy_keys", "policy_extras",
+           "parse_timezone", "parse_hostport", "DEFAULT_LISTEN", "DEFAULT_POLICY", "DEFAULT_TIMEZONE",
+           "MAX_SCHEDULE_ENTRIES"]
 
 DEFAULT_LISTEN = ("127.0.0.1", 5353)
 # Clients in no configured network get the policy of this name; without one, every category
@@ -23,8 +27,12 @@ DEFAULT_LISTEN = ("127.0.0.1", 5353)
 DEFAULT_POLICY = "default"
 _DNS_KEYS = {"listen", "upstreams", "block_mode", "blockpage", "block_ttl", "cache_size",
              "cache_max_ttl", "stale_ttl", "upstream_timeout", "rate_limit", "tcp_idle_timeout",
-             "tcp_max_connections", "workers", "fast_path"}
-_POLICY_KEYS = {"block", "block_mode"}
+             "tcp_max_connections", "workers", "fast_path", "tls_ca"}
+_POLICY_KEYS = {"block", "block_mode", "safesearch", "allow_doh", "schedule"}
+# Schedules: a handful of ranges per policy is what a school needs; the cap keeps the
+# per-tick evaluation (every 0.5 s, filters/schedule.py) trivially cheap.
+MAX_SCHEDULE_ENTRIES = 32
+DEFAULT_TIMEZONE = "UTC"
 _NETWORK_KEYS = {"cidrs", "policy"}
 # Entries in the wire cache: ~10k entries × ~300 B ≈ 3 MB, a school's working set of names
 # for a day. The cap keeps a scan of random names from growing the process without bound.
@@ -48,7 +56,8 @@ _UNITS = {"ms": 0.001, None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 @dataclass(frozen=True)
 class DnsConfig:
     listen: tuple[tuple[str, int], ...] = (DEFAULT_LISTEN,)
-    upstreams: tuple[tuple[str, int], ...] = ()
+    # (host, port) plain DNS; (host, port, tls name) DNS over TLS (appliance/config_log.py)
+    upstreams: tuple[tuple, ...] = ()
     block_mode: str = "nxdomain"
     blockpage: tuple[str, ...] = ()  # block page addresses (v4 and/or v6) for "blockpage"
     block_ttl: int = DEFAULT_BLOCK_TTL
@@ -64,6 +73,7 @@ class DnsConfig:
     # UDP queries answered in batches by jitted code (appliance/dns/fastpath.py); false: the
     # plain Python loop (same answers, ~2.5x the CPU per query).
     fast_path: bool = True
+    tls_ca: Path | None = None  # CAs for DoT upstreams (None: the system's)
 
 
 @dataclass(frozen=True)
@@ -143,7 +153,13 @@ def parse_dns(doc: YamlDoc, d: dict, errors: list[ConfigError]) -> DnsConfig:
         if not got["listen"] and len(errors) == n:
             errors.append(doc.error("dns.listen needs at least one address", "dns", "listen"))
     if "upstreams" in s:
-        got["upstreams"] = _addresses(doc, s["upstreams"] or [], "upstreams", errors)
+        from appliance.config_log import parse_upstreams  # it imports this module
+
+        got["upstreams"] = parse_upstreams(doc, s["upstreams"] or [], errors)
+    if "tls_ca" in s:
+        from appliance.config_log import parse_tls_ca
+
+        got["tls_ca"] = parse_tls_ca(doc, s, errors)
     mode = s.get("block_mode", "nxdomain")
     if mode not in BLOCK_MODES:
         errors.append(doc.error(f"dns.block_mode must be one of {', '.join(BLOCK_MODES)}", "dns", "block_mode"))
@@ -248,3 +264,77 @@ def parse_networks(doc: YamlDoc, d: dict, policies: set[str], errors: list[Confi
             continue
         out.append(Network(str(name), tuple(good), policy, doc.where("networks", name)))
     return tuple(out)
+
+
+def policy_extras(doc: YamlDoc, name: str, body: dict, errors: list[ConfigError]) -> dict:
+    """A policy's ``safesearch``, ``allow_doh`` and ``schedule`` (filters/safesearch.py,
+    filters/schedule.py) as Policy fields; each problem with its file:line:col."""
+    out: dict = {}
+    if "safesearch" in body:
+        try:
+            out["safesearch"] = parse_safesearch(body["safesearch"])
+        except InputError as exc:
+            path = ("policies", name, "safesearch")
+            ss = body["safesearch"]
+            unknown = [k for k in ss if k not in ("google", "bing", "duckduckgo", "youtube")] \
+                if isinstance(ss, dict) else []
+            if unknown:
+                errors.append(doc.key_error(f"policies.{name}.safesearch: {exc.message}", *path, unknown[0]))
+            else:
+                for k in ss if isinstance(ss, dict) else ():  # point at the engine at fault
+                    if f"safesearch.{k} " in exc.message:
+                        path = path + (k,)
+                        break
+                errors.append(doc.error(f"policies.{name}.{'.'.join(str(p) for p in path[2:])}: {exc.message}",
+                                        *path))
+    if "allow_doh" in body:
+        if not isinstance(body["allow_doh"], bool):
+            errors.append(doc.error(f"policies.{name}.allow_doh must be true or false", "policies", name, "allow_doh"))
+        else:
+            out["allow_doh"] = body["allow_doh"]
+    if "schedule" in body:
+        items = body["schedule"]
+        if not isinstance(items, list):
+            errors.append(doc.error(f"policies.{name}.schedule must be a list of "
+                                    "{days: mon-fri, time: \"08:00-16:00\", block: [categories]}",
+                                    "policies", name, "schedule"))
+            return out
+        if len(items) > MAX_SCHEDULE_ENTRIES:
+            errors.append(doc.error(f"policies.{name}.schedule: at most {MAX_SCHEDULE_ENTRIES} entries",
+                                    "policies", name, "schedule"))
+            return out
+        entries: list[ScheduleEntry] = []
+        for i, item in enumerate(items):
+            try:
+                entries.append(parse_entry(item))
+            except InputError as exc:
+                # Point at the key at fault (days, time, block) when it is one of them.
+                path: tuple = ("policies", name, "schedule", i)
+                if isinstance(item, dict):
+                    for k in item:
+                        if str(k) not in ("days", "time", "block"):
+                            errors.append(doc.key_error(f"policies.{name}.schedule[{i}]: {exc.message}", *path, k))
+                            break
+                    else:
+                        for k in ("days", "time", "block"):
+                            if k in item and (k in exc.message or (k == "days" and "day" in exc.message)):
+                                path = path + (k,)
+                                break
+                        errors.append(doc.error(f"policies.{name}.schedule[{i}]: {exc.message}", *path))
+                    continue
+                errors.append(doc.error(f"policies.{name}.schedule[{i}]: {exc.message}", *path))
+        out["schedule"] = tuple(entries)
+    return out
+
+
+def parse_timezone(doc: YamlDoc, d: dict, errors: list[ConfigError]) -> str:
+    """The top-level ``timezone`` (IANA name) that schedules are read in; UTC by default."""
+    if "timezone" not in d:
+        return DEFAULT_TIMEZONE
+    try:
+        load_zone(d["timezone"])
+    except InputError as exc:
+        errors.append(doc.error(exc.message, "timezone"))
+        return DEFAULT_TIMEZONE
+    return str(d["timezone"])
+

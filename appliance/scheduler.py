@@ -116,6 +116,7 @@ class UpdateScheduler:
         self.child: _Child | None = None
         self.checks = 0  # checks started (for tests and the status page)
         self._stamp: tuple[int, int] | None = None  # update-state.json before the running check
+        self._again = False  # "check now" arrived while a check ran: run another when it ends
         delay = start_delay(read_update_state(state_dir), wall(), updates.interval,
                             have_signed_bundle=have_signed_bundle, rand=rand)
         self.due = clock() + delay
@@ -131,6 +132,9 @@ class UpdateScheduler:
         self.updates = updates
 
     def check_now(self) -> None:
+        # During a check, the request must outlive it: the check's end sets the next due time.
+        if self.child is not None:
+            self._again = True
         self.due = self.clock()
 
     def poll(self) -> None:
@@ -164,6 +168,8 @@ class UpdateScheduler:
         recorded = self._state_stamp() not in (None, self._stamp)
         delay = delay_after_run(record, recorded, self.wall(), self.updates.interval, self.rand)
         self.due = self.clock() + delay
+        if self._again:  # the repository may have changed since this check started
+            self._again, self.due = False, self.clock()
         extra = {"exit_status": code, "next_check_in_s": round(delay, 1)}
         if not recorded:
             log.error("update check did not run (exit status %d): try `schoolgate update --once "

@@ -23,7 +23,7 @@ from filters.dns_wire import MAX_UDP_PAYLOAD, parse_query
 from filters.domain_matcher import DomainMatcher
 from filters.errors import InputError
 from filters.names import name_to_wire
-from filters.policy import BYPASS_NODATA, BYPASS_NXDOMAIN, PolicySet
+from filters.policy import BYPASS_NODATA, BYPASS_NXDOMAIN, DIVERT_ALL, PolicySet
 
 __all__ = ["FastTables", "Batch", "new_counters", "counter_values", "client_key", "ACT_SEND", "ACT_DROP",
            "ACT_PYTHON", "DEFAULT_BATCH", "RX_WIDTH", "TX_WIDTH"]
@@ -117,6 +117,13 @@ class FastTables:
                 _records(minimal_any(_PROBE_QUERY, probe, answers.ttl)))
             for r, (qtype, t) in enumerate(sorted(typed.items()), K.T_TYPED):
                 row(p, r, qtype, *t)
+        # Every divert bit in use (filters/policy.py): taken out of the blocked masks the
+        # kernel reports. DIVERT_ALL (no bit was free) marks no bit.
+        divert_bits = 0
+        for n in names:
+            d = int(policies.rules[n].divert)
+            if d != int(DIVERT_ALL):
+                divert_bits |= d
         bb = bytearray()
         bt = []
         for names_, rcode in ((BYPASS_NXDOMAIN, RCODE_NXDOMAIN), (BYPASS_NODATA, RCODE_NOERROR)):
@@ -134,13 +141,16 @@ class FastTables:
             np.frombuffer(bytes(tb) or b"\x00", dtype=np.uint8),
             np.array(bt, dtype=np.int64).reshape(-1, 3),
             np.frombuffer(bytes(bb), dtype=np.uint8),
+            np.array([policies.rules[n].divert for n in names], dtype=np.uint64),
+            np.uint64(~divert_bits & ((1 << 64) - 1)),
         )
         return cls(tables, matcher.kernel_args, names)
 
 
 class Batch:
     """Buffers for one batch: datagrams in (``rx``, ``rxlen``, ``addrs``), answers out
-    (``tx``, ``txlen``, ``txsrc``), and what happened to each datagram (``act``)."""
+    (``tx``, ``txlen``, ``txsrc``), and what happened to each datagram (``act``, and
+    ``blocked_mask``: the categories of a blocked answer)."""
 
     def __init__(self, size: int = DEFAULT_BATCH) -> None:
         if size < 1:
@@ -153,13 +163,15 @@ class Batch:
         self.txlen = np.zeros(size, dtype=np.int64)
         self.txsrc = np.zeros(size, dtype=np.int64)
         self.act = np.zeros(size, dtype=np.int64)
+        # Per datagram: the category mask of a blocked answer, else 0 (for the query log).
+        self.blocked_mask = np.zeros(size, dtype=np.uint64)
         self.scratch = K.new_scratch(size)
 
     def run(self, count: int, fast: FastTables, cache: tuple, limiter: tuple, counters: np.ndarray,
             now: float) -> int:
         """Process datagrams 0..count-1 already in the buffers; returns the answer count."""
         return K.process_batch(count, self.rx, self.rxlen, self.addrs, self.tx, self.txlen, self.txsrc,
-                               self.act, fast.tables, fast.match, cache, limiter, counters, self.scratch,
+                               self.act, self.blocked_mask, fast.tables, fast.match, cache, limiter, counters, self.scratch,
                                float(now))
 
     def run_packets(self, packets: list[bytes], clients: list[str], fast: FastTables, cache: tuple,

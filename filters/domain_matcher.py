@@ -9,7 +9,7 @@ lookup hashes each suffix once and probes both.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numba
 import numpy as np
@@ -22,9 +22,10 @@ from filters.domain_table import DomainTable, build_domain_table, pack_names
 from filters.errors import BadNameError
 from filters.names import name_to_wire, normalise_domain, normalise_pattern
 
-__all__ = ["Verdict", "BatchResult", "DomainMatcher", "LOCAL_SOURCES"]
+__all__ = ["Verdict", "BatchResult", "DomainMatcher", "LOCAL_SOURCES", "DIVERT_SOURCE"]
 
 LOCAL_SOURCES = ("config: local block list", "config: local allow list")
+DIVERT_SOURCE = "policy: SafeSearch or temporary allow"
 _LOCAL_BLOCK, _LOCAL_ALLOW = 0, 1
 _LOCAL_MASK = 1 << LOCAL_CATEGORY_BIT
 _LOCAL_CATALOG = Catalog((), LOCAL_SOURCES, (_LOCAL_MASK, 0), (False, True))
@@ -88,6 +89,7 @@ class DomainMatcher:
         self.classes = classes
         self.catalog = catalog
         self._local = local or _empty_table(table.key)
+        self._local_catalog = _LOCAL_CATALOG  # with_local adds divert sources
         self._k0, self._k1 = np.uint64(table.key[0]), np.uint64(table.key[1])
         self._main_t = table.kernel_tuple(classes)
         self._local_t = self._local[0].kernel_tuple(self._local[1])
@@ -111,16 +113,31 @@ class DomainMatcher:
         return K.match_wire.overloads[sig].entry_point
 
     # -- building the local overlay ------------------------------------------------------
-    def with_local(self, block: Iterable[str] = (), allow: Iterable[str] = ()) -> "DomainMatcher":
-        """A matcher with the config's local lists (entries in list syntax: ``*.x``, ``.x``).
+    def with_local(self, block: Iterable[str] = (), allow: Iterable[str] = (),
+                   divert: Mapping[int, Iterable[str]] | None = None) -> "DomainMatcher":
+        """A matcher with the config's local lists (entries in list syntax: ``*.x``, ``.x``)
+        and ``divert`` entries (category mask of reserved bits -> domain names).
         Raises BadNameError for an entry that is not a domain name."""
         builder = DomainSetBuilder()
         for source, entries in ((_LOCAL_BLOCK, block), (_LOCAL_ALLOW, allow)):
             for entry in entries:
                 name, sub = normalise_pattern(entry)
                 builder.add((name,), source, sub)
-        local = builder.build([_LOCAL_MASK, 0], [False, True], lambda: self.table.key)
-        return DomainMatcher(self.table, self.classes, self.catalog, local)
+        masks, allows, labels = [_LOCAL_MASK, 0], [False, True], list(LOCAL_SOURCES)
+        # Divert entries (filters/policy.py): reserved category bits no policy blocks, so
+        # they decide nothing and only mark the names in a lookup's category union — which
+        # is how the DNS fast path knows to hand SafeSearch and temporarily allowed names
+        # to Python. Each mask is one source; a name covers the names below it.
+        for bits, names in (divert or {}).items():
+            source = len(masks)
+            builder.add((normalise_domain(n) for n in names), source)
+            masks.append(int(bits))
+            allows.append(False)
+            labels.append(DIVERT_SOURCE)
+        local = builder.build(masks, allows, lambda: self.table.key)
+        m = DomainMatcher(self.table, self.classes, self.catalog, local)
+        m._local_catalog = Catalog((), tuple(labels), tuple(masks), tuple(allows))
+        return m
 
     # -- lookups ---------------------------------------------------------------------------
     @staticmethod
@@ -208,7 +225,7 @@ class DomainMatcher:
             sources += self.catalog.deciding(ids, blocked, policy)
         if local:
             ids = self._local[1].sources(local - 1, apex)
-            sources += _LOCAL_CATALOG.deciding(ids, blocked, policy)
+            sources += self._local_catalog.deciding(ids, blocked, policy)
         cats = tuple(self.catalog.names(int(row[K.R_UNION])))
         return Verdict(canonical, blocked, cats, rule, tuple(sources))
 

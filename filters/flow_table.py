@@ -85,6 +85,13 @@ class FlowTable:
         # name is not reported again.
         self._dns_seen: OrderedDict[tuple, None] = OrderedDict()
 
+    def forget(self, key: tuple) -> None:
+        """Drop one direction's state, keyed (src, sport, dst, dport, proto): the live
+        capture (appliance/flows.py) expires idle flows by time, which this table has no
+        clock for."""
+        self._flows.pop(key, None)
+        self._syn.pop(key, None)
+
     def frame(self, ts: float, linktype: int, frame: bytes) -> list[Found]:
         """Decode one captured frame and feed it to its flow."""
         self.stats["frames"] += 1

@@ -18,7 +18,8 @@
 #                                end of the card at first boot
 #
 # Environment: MIRROR (default http://deb.debian.org/debian), SG_KEEP_ROOTFS=1 keeps
-# image/out/ARCH/rootfs after the build (for inspection), SG_NO_XZ=1 skips compression.
+# image/out/ARCH/rootfs after the build (for inspection), SG_NO_XZ=1 skips compression,
+# SG_REUSE_ROOTFS=1 starts from the root tree a failed build left (see reuse_root).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -34,7 +35,8 @@ STATE=/var/lib/schoolgate
 BOOT_MIB=160
 # Free space left in the root file system: enough for the one-time machine-id commit and
 # a little slack, small because nothing else ever writes there (it is mounted read-only).
-ROOT_SLACK_MIB=48
+# (The 10 % added to the tree's size covers the file system's own metadata.)
+ROOT_SLACK_MIB=16
 # The data partition as shipped; first boot grows it to the end of the card.
 DATA_MIB=64
 
@@ -54,9 +56,36 @@ cleanup() {
         umount -l "${MOUNTS[i]}" 2>/dev/null || true
     done
     MOUNTS=()
+    # What an interrupted mmdebstrap may have left mounted in the tree.
+    if [ -n "${ROOTFS:-}" ] && [ -d "$ROOTFS" ]; then
+        local m
+        for m in $(awk -v d="$(realpath "$ROOTFS")/" 'index($2 "/", d) == 1 {print $2}' /proc/mounts | sort -r); do
+            umount -l "$m" 2>/dev/null || true
+        done
+    fi
 }
 trap cleanup EXIT
 trap 'die "interrupted"' INT TERM
+
+# A build that was killed (or an interrupted mmdebstrap) can leave proc, sys, dev/pts or a
+# bind of the host's /dev/shm mounted inside the old root tree: unmount all of it before
+# anything deletes that tree, and refuse to go on if something stays mounted there.
+unmount_under() {
+    local dir=$1 m
+    [ -d "$dir" ] || return 0
+    dir=$(realpath "$dir")
+    for m in $(awk -v d="$dir/" 'index($2 "/", d) == 1 {print $2}' /proc/mounts | sort -r); do
+        umount -l "$m" 2>/dev/null || true
+    done
+    ! awk -v d="$dir/" 'index($2 "/", d) == 1 {found = 1} END {exit !found}' /proc/mounts \
+        || die "still mounted under $dir (see /proc/mounts): not deleting it"
+}
+
+# Delete a tree made by this script, never crossing into another file system.
+remove_tree() {
+    unmount_under "$1"
+    rm -rf --one-file-system "$1"
+}
 
 chroot_mounts() {
     local root=$1 d
@@ -117,7 +146,9 @@ fetch_wheels() {
     # Build from a copy so the shared checkout gets no build/ or egg-info churn.
     (cd "$REPO" && tar --exclude=./.git --exclude=./image/out --exclude=./.venv --exclude=./build \
         --exclude='*.egg-info' --exclude=__pycache__ --exclude=./.hypothesis -cf - .) | tar -xf - -C "$src"
-    "$PY_HOST" -m pip wheel -q --no-deps --no-build-isolation -w "$wh" "$src" \
+    # Without build isolation when the host has the build backend (offline, quick); its
+    # failure (no wheel package) is not an error: then pip fetches the backend itself.
+    "$PY_HOST" -m pip wheel -q --no-deps --no-build-isolation -w "$wh" "$src" 2>/dev/null \
         || "$PY_HOST" -m pip wheel -q --no-deps -w "$wh" "$src"
     local plat=() p
     for p in $PLATFORMS; do plat+=(--platform "$p"); done
@@ -127,12 +158,21 @@ fetch_wheels() {
 }
 
 # --- 2. Debian root tree -------------------------------------------------------------------
+# The packages of the image (the rest comes with them). tzdata: the policies' schedules
+# name IANA time zones (Python's zoneinfo reads /usr/share/zoneinfo).
+COMMON_PACKAGES=(systemd-sysv udev kmod dbus systemd-timesyncd nftables iproute2 iputils-ping
+                 netbase ca-certificates "$PY"-venv python3-venv e2fsprogs dosfstools fdisk
+                 initramfs-tools zstd less tzdata)
+
 debootstrap_root() {
+    if [ "${SG_REUSE_ROOTFS:-}" = 1 ] && [ -e "$ROOTFS/etc/debian_version" ] \
+       && compgen -G "$ROOTFS/boot/vmlinuz-*" >/dev/null; then
+        reuse_root
+        return
+    fi
     log "mmdebstrap $SUITE ($ARCH) into $ROOTFS"
-    rm -rf "$ROOTFS"
-    local common=(systemd-sysv udev kmod dbus systemd-timesyncd nftables iproute2 iputils-ping
-                  netbase ca-certificates "$PY"-venv python3-venv e2fsprogs dosfstools fdisk
-                  initramfs-tools zstd less)
+    remove_tree "$ROOTFS"
+    local common=("${COMMON_PACKAGES[@]}")
     # Trimmed from the image: documentation and translations (an appliance has no man
     # pages; copyright files stay), and kernel modules for hardware a filtering gateway
     # never has (video capture, InfiniBand, ISDN, Wi-Fi and Bluetooth, amateur radio, CAN,
@@ -148,7 +188,9 @@ debootstrap_root() {
              drivers/net/can net/can drivers/nfc net/nfc "${ARCH_MODULE_EXCLUDES[@]}"; do
         excl+=("path-exclude=/lib/modules/*/kernel/$m/*" "path-exclude=/usr/lib/modules/*/kernel/$m/*")
     done
-    local dpkgopts=() e
+    # Keep the config files we put in place before the packages (raspi-firmware's defaults)
+    # instead of stopping at dpkg's question.
+    local dpkgopts=(--dpkgopt=force-confold --dpkgopt=force-confdef) e
     for e in "${excl[@]}"; do dpkgopts+=(--dpkgopt="$e"); done
     # /boot/firmware exists before the kernel's maintainer scripts run: raspi-firmware's
     # hooks copy kernel, initrd and device trees there.
@@ -166,6 +208,33 @@ debootstrap_root() {
         "deb $MIRROR $SUITE main non-free-firmware" \
         "deb $MIRROR $SUITE-updates main non-free-firmware" \
         "deb $SECURITY_MIRROR $SUITE-security main non-free-firmware" 2>&1 | progress_filter
+}
+
+# SG_REUSE_ROOTFS=1 (for development: an arm64 root tree takes ~half an hour under
+# qemu-user): keep the tree a failed build left and only add packages missing from it,
+# with apt inside the tree (its sources and dpkg excludes are mmdebstrap's). Every later
+# step redoes its work, so the result is that of a full build as long as no package was
+# removed from the list.
+reuse_root() {
+    log "reusing the root tree in $ROOTFS (SG_REUSE_ROOTFS=1)"
+    unmount_under "$ROOTFS"
+    local missing=() pkg
+    for pkg in "${COMMON_PACKAGES[@]}" "${ARCH_PACKAGES[@]}"; do
+        chroot "$ROOTFS" dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
+    done
+    [ ${#missing[@]} = 0 ] && return 0
+    log "installing into the reused tree: ${missing[*]}"
+    chroot_mounts "$ROOTFS"
+    rm -f "$ROOTFS/etc/resolv.conf"
+    cp -L /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+    in_chroot apt-get update -q >/dev/null
+    in_chroot env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        -o Dpkg::Options::=--force-confold "${missing[@]}" 2>&1 | progress_filter
+    # As mmdebstrap leaves it: no package lists or downloaded packages (~80 MB in /var).
+    in_chroot apt-get clean
+    rm -rf "$ROOTFS"/var/lib/apt/lists/*
+    rm -f "$ROOTFS/etc/resolv.conf"
+    cleanup
 }
 
 # mmdebstrap is chatty; keep its step lines (I:) and errors, drop dpkg's per-file noise.
@@ -202,6 +271,9 @@ install_files() {
     rm -f "$ROOTFS/var/lib/dbus/machine-id"
     ln -sfn /etc/machine-id "$ROOTFS/var/lib/dbus/machine-id" 2>/dev/null || true
     install -D -m 0644 "$HERE/boot/schoolgate.yaml" "$ROOTFS/usr/share/schoolgate/schoolgate.yaml.template"
+    # The clock never starts before the image was built (systemd reads this file's mtime at
+    # boot; a Pi has no battery clock): expiry checks start from a sane floor.
+    touch "$ROOTFS/usr/lib/clock-epoch"
     # The read-only root needs mount points for everything on other file systems.
     mkdir -p "$ROOTFS/boot/firmware" "$ROOTFS/var" "$ROOTFS/tmp"
 }
@@ -244,6 +316,8 @@ install_venv() {
         -cf - default.yaml demo examples) | tar -xf - -C "$ROOTFS$site/config" --no-same-owner
     # The admin's `schoolgate` runs with the service's environment and user.
     ln -sfn /usr/lib/schoolgate/schoolgate "$ROOTFS/usr/local/bin/schoolgate"
+    # The dependencies' own test suites (numpy's, numba's: ~33 MB) never run on a box.
+    find "$ROOTFS$site" -mindepth 2 -type d -name tests -prune -exec rm -rf {} +
     # Byte-compile now: the root is read-only on the device, so .pyc files written later
     # would be lost at every start.
     in_chroot "$VENV/bin/python" -m compileall -q -j 0 "$VENV/lib" >/dev/null || true
@@ -253,6 +327,14 @@ install_venv() {
     in_chroot "$VENV/bin/python" -m pip uninstall -q -y pip setuptools >/dev/null 2>&1 || true
 }
 
+# The template as the installed config: its empty admin_password (the admin's invitation to
+# type one) is no key the appliance knows, so it goes, as schoolgate-config does at boot.
+install_template() {
+    sed -e 's/^\(\s*\)admin_password: ""/\1# admin_password: ""/' "$HERE/boot/schoolgate.yaml" > "$ROOTFS$1"
+    chmod 0640 "$ROOTFS$1"
+    in_chroot chown root:schoolgate "$1"
+}
+
 # Install the demo bundle and warm the numba cache exactly as the service will run: as the
 # schoolgate user, with the unit's environment (NUMBA_CACHE_DIR on the data partition,
 # NUMBA_CPU_NAME=generic so the cached machine code is valid on any CPU of the arch), then
@@ -260,10 +342,12 @@ install_venv() {
 warm_up() {
     log "first active bundle (demo) and numba cache warm-up (slow under qemu-user for arm64)"
     local cfg="$STATE/config/schoolgate.yaml" t0=$SECONDS
-    install -m 0640 "$HERE/boot/schoolgate.yaml" "$ROOTFS$cfg"
-    in_chroot chown root:schoolgate "$cfg"
+    # From an empty state directory (a reused tree may hold an earlier attempt's).
+    find "$ROOTFS$STATE" -mindepth 1 -delete
+    install -d -o "$(in_chroot id -u schoolgate)" -g "$(in_chroot id -g schoolgate)" -m 0750 "$ROOTFS$STATE/config"
+    install_template "$cfg"
     # The warm-up listens on loopback only, inside its own network namespace.
-    sed -i -e 's/^\(  listen: \).*/\1["127.0.0.1:5353"]/' "$ROOTFS$cfg"
+    sed -i -e 's/^\(  listen: \)\[.*/\1["127.0.0.1:5353"]/' "$ROOTFS$cfg"
     in_chroot_netns /bin/sh -c "
         set -e
         set -a; . /usr/lib/schoolgate/environment; set +a
@@ -292,9 +376,12 @@ EOF
     log "warm-up took ${WARM_SECONDS}s"
     # The installed config starts as the template; schoolgate-config replaces it at first
     # boot with the admin's (validated) schoolgate.yaml from the boot partition.
-    install -m 0640 "$HERE/boot/schoolgate.yaml" "$ROOTFS$cfg"
-    in_chroot chown root:schoolgate "$cfg"
-    rm -f "$ROOTFS$STATE/run.json"
+    install_template "$cfg"
+    # Only what every box may share stays: the config, the demo bundle, the numba cache.
+    # The warm-up's counters and query log go, and so does the query log's hashing key,
+    # which must be each box's own (made at its first start).
+    find "$ROOTFS$STATE" -mindepth 1 -maxdepth 1 ! -name config ! -name demo ! -name bundles \
+        ! -name numba-cache -printf '    removing the warm-up'"'"'s %P\n' -exec rm -rf {} + >&2
     echo "$WARM_SECONDS" > "$WORK/warmup-seconds"
 }
 
@@ -353,9 +440,10 @@ make_image() {
     local rc=0
     {
         local root_mib data_mib
-        root_mib=$(( $(mib_of "$ROOTFS") * 110 / 100 + ROOT_SLACK_MIB ))
-        data_mib=$(( $(mib_of "$WORK/var.tree") + DATA_MIB ))
-        mkfs.ext4 -q -F -L SGROOT -J size=4 -m 0 -i 8192 -U random -d "$ROOTFS" "$fs/root.ext4" "${root_mib}M"
+        # Sizes in whole 4 MiB units, so that every partition starts 4 MiB aligned.
+        root_mib=$(( ($(mib_of "$ROOTFS") * 110 / 100 + ROOT_SLACK_MIB + 3) / 4 * 4 ))
+        data_mib=$(( ($(mib_of "$WORK/var.tree") + DATA_MIB + 3) / 4 * 4 ))
+        mkfs.ext4 -q -F -L SGROOT -J size=4 -m 0 -i 16384 -U random -d "$ROOTFS" "$fs/root.ext4" "${root_mib}M"
         mkfs.ext4 -q -F -L SGDATA -m 1 -U random -d "$WORK/var.tree" "$fs/data.ext4" "${data_mib}M"
         mkfs.vfat -F 32 -n SGBOOT -i "${DISKID}" -C "$fs/boot.vfat" $((BOOT_MIB * 1024)) >/dev/null
         # mtools copies the tree without mounting (MTOOLS_SKIP_CHECK: a file, not a floppy).
@@ -458,11 +546,15 @@ main() {
     cleanup
     "boot_$ARCH"
     # The boot loader reads kernel and initrd from the boot partition: the copies in the
-    # root's /boot would only take space (the kernel's config and System.map stay).
-    rm -f "$ROOTFS"/boot/vmlinuz-* "$ROOTFS"/boot/initrd.img-* "$ROOTFS"/vmlinuz* "$ROOTFS"/initrd.img*
+    # root's /boot would only take space (the kernel's config and System.map stay). Set
+    # aside rather than deleted, so that SG_REUSE_ROOTFS=1 can start from this tree again.
+    rm -rf "$WORK/boot.aside" && mkdir -p "$WORK/boot.aside"
+    mv "$ROOTFS"/boot/vmlinuz-* "$ROOTFS"/boot/initrd.img-* "$WORK/boot.aside/"
+    rm -f "$ROOTFS"/vmlinuz* "$ROOTFS"/initrd.img*
     make_image
+    mv "$WORK/boot.aside"/* "$ROOTFS/boot/" && rmdir "$WORK/boot.aside"
     compress_image
-    [ "${SG_KEEP_ROOTFS:-}" = 1 ] || rm -rf "$ROOTFS"
+    [ "${SG_KEEP_ROOTFS:-}" = 1 ] || remove_tree "$ROOTFS"
     report
 }
 

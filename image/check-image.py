@@ -37,8 +37,10 @@ ENABLED_UNITS = {
 # the firmware picks by board (upstream_kernel=1).
 PI_FIRMWARE = ["start4.elf", "fixup4.dat"]
 PI_DTBS = ["bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4-io.dtb"]
-# A Pi's boot ROM reads only the first partition, FAT; the image must fit a small card.
-MAX_IMAGE_BYTES = 1024 ** 3
+# The targets: <= 1 GB as flashed (fits the smallest cards sold), <= 400 MB to
+# download (the .img.xz next to the image, when it was made).
+MAX_IMAGE_BYTES = 1000 ** 3
+MAX_COMPRESSED_BYTES = 400 * 1000 ** 2
 
 
 @dataclass
@@ -127,7 +129,11 @@ def check_image(path: Path, arch: str) -> Report:
     r = Report()
     img = Image(path)
     size = path.stat().st_size
-    r.check("image size <= 1 GiB", size <= MAX_IMAGE_BYTES, f"{size / 2**20:.0f} MiB")
+    r.check("image size <= 1 GB", size <= MAX_IMAGE_BYTES, f"{size / 1e6:.0f} MB")
+    xz = path.with_name(path.name + ".xz")
+    if xz.exists():
+        r.check("compressed image (.img.xz) <= 400 MB", xz.stat().st_size <= MAX_COMPRESSED_BYTES,
+                f"{xz.stat().st_size / 1e6:.0f} MB")
     p = img.parts
     r.check("MBR partition table with 3 partitions", img.table.get("label") == "dos" and len(p) == 3,
             f"{img.table.get('label')}, {len(p)} partitions")
@@ -158,6 +164,7 @@ def check_image(path: Path, arch: str) -> Report:
         for line in ("arm_64bit=1", "kernel=vmlinuz", "initramfs initrd.img followkernel", "upstream_kernel=1"):
             r.check(f"config.txt: {line}", re.search(rf"^{re.escape(line)}\s*$", cfg, re.M) is not None)
         cmd = img.fat_read("cmdline.txt").decode(errors="replace") if "cmdline.txt" in lower else ""
+        r.check("config.txt: hardware watchdog", re.search(r"^dtparam=watchdog=on\s*$", cfg, re.M) is not None)
         r.check("cmdline.txt: one line", cmd.count("\n") <= 1 and cmd.strip() != "", repr(cmd[:80]))
         r.check("cmdline.txt: root by PARTUUID, read-only",
                 f"root=PARTUUID={disk_id}-02" in cmd.split() and "ro" in cmd.split(), cmd.strip())
@@ -193,7 +200,17 @@ def check_image(path: Path, arch: str) -> Report:
     for line in ("User=schoolgate", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE", "ProtectSystem=strict",
                  "PrivateTmp=yes", "NoNewPrivileges=yes", "ReadWritePaths=/var/lib/schoolgate"):
         r.check(f"schoolgate.service: {line}", re.search(rf"^{re.escape(line)}$", unit, re.M) is not None)
-    r.check("nftables base ruleset", "table inet schoolgate" in img.ext_read(2, "/etc/nftables.conf"))
+    r.check("schoolgate.service: only CAP_NET_BIND_SERVICE",
+            re.search(r"^AmbientCapabilities=CAP_NET_BIND_SERVICE$", unit, re.M) is not None
+            and not re.search(r"^(User=root|PrivilegedMode=|CapabilityBoundingSet=.*CAP_SYS)", unit, re.M))
+    passwd = img.ext_read(2, "/etc/passwd")
+    r.check("dedicated user schoolgate (no login shell)",
+            re.search(r"^schoolgate:x:\d+:\d+:[^:]*:/var/lib/schoolgate:/usr/sbin/nologin$", passwd, re.M) is not None)
+    # systemd never sets the clock before this file's mtime at boot: the floor for a board
+    # without a battery-backed clock (a Pi) until timesyncd has the time.
+    epoch = img.ext_cmd(2, "stat /usr/lib/clock-epoch")
+    r.check("clock floor /usr/lib/clock-epoch", "Inode:" in epoch and "File not found" not in epoch)
+    r.check("nftables base ruleset", "table inet schoolgate_base {" in img.ext_read(2, "/etc/nftables.conf"))
     r.check("IP forwarding sysctl", "net.ipv4.ip_forward = 1" in img.ext_read(2, "/etc/sysctl.d/60-schoolgate-gateway.conf"))
     r.check("journald size limits", "SystemMaxUse=" in img.ext_read(2, "/etc/systemd/journald.conf.d/60-schoolgate.conf"))
     r.check("hardware watchdog", "RuntimeWatchdogSec=" in img.ext_read(2, "/etc/systemd/system.conf.d/60-schoolgate-watchdog.conf"))
@@ -202,6 +219,19 @@ def check_image(path: Path, arch: str) -> Report:
     r.check("data: demo bundle active", img.ext_link(3, "/lib/schoolgate/demo/bundles/current") is not None)
     r.check("data: numba cache warmed", len(img.ext_ls(3, "/lib/schoolgate/numba-cache")) > 0)
     r.check("data: installed config", "schoolgate.yaml" in img.ext_ls(3, "/lib/schoolgate/config"))
+    # Nothing from the build's warm-up run that must be each box's own (the query log's
+    # client-hashing key) or would mislead (its counters, its pid).
+    left = sorted(set(img.ext_ls(3, "/lib/schoolgate")) & {"logs", "counters.json", "run.json", "flows-state.json"})
+    r.check("data: no warm-up leftovers (query log key, counters)", not left, ", ".join(left))
+    r.check("data: no apt package lists", len(img.ext_ls(3, "/lib/apt/lists")) <= 2)
+    # The admin's template on the boot partition: DNS on every address, the status page on
+    # the LAN at :8080, a place for the admin password (hashed at first boot).
+    tmpl = img.fat_read("schoolgate.yaml").decode(errors="replace") if "schoolgate.yaml" in lower else ""
+    for line in ('listen: ["0.0.0.0:53", "[::]:53"]', 'listen: "0.0.0.0:8080"', 'admin_password: ""'):
+        r.check(f"FAT schoolgate.yaml: {line}", re.search(rf"^\s+{re.escape(line)}\s*$", tmpl, re.M) is not None)
+    installed = img.ext_read(3, "/lib/schoolgate/config/schoolgate.yaml")
+    r.check("data: installed config has no empty admin_password",
+            re.search(r"^\s+admin_password:", installed, re.M) is None)
     return r
 
 

@@ -30,7 +30,8 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 class RepoServer:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0) -> None:
+        # host/port: the gateway test bed binds an address inside its own namespace.
         self.root = Path(root)
         self.faults: dict[str, Fault] = {}
         self.requests: list[str] = []
@@ -50,14 +51,15 @@ class RepoServer:
                 except (BrokenPipeError, ConnectionResetError, TimeoutError):
                     pass  # the client gave up: exactly what the caps are for
 
-        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/"
 
     def fault(self, pattern: str, fault: Fault) -> None:
         self.faults[pattern] = fault

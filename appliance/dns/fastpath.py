@@ -117,9 +117,11 @@ def _client(name, namelen, addr):
 
 
 @njit(cache=True)
-def _serve(fd, io, rx, rxlen, addrs, tx, txlen, txsrc, act, tables, match, cache, limiter, counters, scratch,
-           now, rounds, result):
-    """recvmmsg → process_batch → sendmmsg, up to ``rounds`` batches (see the module doc)."""
+def _serve(fd, io, rx, rxlen, addrs, tx, txlen, txsrc, act, bmask, tables, match, cache, limiter, counters,
+           scratch, now, rounds, stop_on_block, result):
+    """recvmmsg → process_batch → sendmmsg, up to ``rounds`` batches (see the module doc).
+    ``stop_on_block``: return after a batch that blocked something, so the caller can log
+    it before the buffers are reused (batches of cache hits go on at full speed)."""
     rx_vec, tx_vec, hdr_size, rx_namelen, rx_msglen, names, tx_namelen, tx_iovlen, tx_names = io
     size = rx.shape[0]
     result[R_RECEIVED] = 0
@@ -137,7 +139,7 @@ def _serve(fd, io, rx, rxlen, addrs, tx, txlen, txsrc, act, tables, match, cache
         for i in range(n):
             rxlen[i] = rx_msglen[i]
             _client(names[i], np.int64(rx_namelen[i]), addrs[i])
-        nsend = K.process_batch(n, rx, rxlen, addrs, tx, txlen, txsrc, act, tables, match, cache, limiter,
+        nsend = K.process_batch(n, rx, rxlen, addrs, tx, txlen, txsrc, act, bmask, tables, match, cache, limiter,
                                 counters, scratch, now)
         for j in range(nsend):
             s = txsrc[j]
@@ -161,6 +163,10 @@ def _serve(fd, io, rx, rxlen, addrs, tx, txlen, txsrc, act, tables, match, cache
             return  # Python takes them before the buffers are reused
         if n < size:
             return
+        if stop_on_block:
+            for i in range(n):
+                if bmask[i] != 0:
+                    return
 
 
 def warm_up(matcher: DomainMatcher, policies: PolicySet) -> None:
@@ -172,10 +178,10 @@ def warm_up(matcher: DomainMatcher, policies: PolicySet) -> None:
     cache = ArrayCache(4, 1, seed=0)
     limiter = ArrayRateLimiter(1.0, 1.0, 2, seed=0)
     b = fp.batch
-    _serve(-1, fp._io, b.rx, b.rxlen, b.addrs, b.tx, b.txlen, b.txsrc, b.act, tables.tables, tables.match,
-           cache.arrays, limiter.arrays, new_counters(), b.scratch, 0.0, 1, fp._result)  # EBADF: no I/O
-    _serve(-1, fp._io, b.rx, b.rxlen, b.addrs, b.tx, b.txlen, b.txsrc, b.act, tables.tables, tables.match,
-           cache.arrays, disabled_limiter(), new_counters(), b.scratch, 0.0, 1, fp._result)
+    _serve(-1, fp._io, b.rx, b.rxlen, b.addrs, b.tx, b.txlen, b.txsrc, b.act, b.blocked_mask, tables.tables,
+           tables.match, cache.arrays, limiter.arrays, new_counters(), b.scratch, 0.0, 1, False, fp._result)  # EBADF: no I/O
+    _serve(-1, fp._io, b.rx, b.rxlen, b.addrs, b.tx, b.txlen, b.txsrc, b.act, b.blocked_mask, tables.tables,
+           tables.match, cache.arrays, disabled_limiter(), new_counters(), b.scratch, 0.0, 1, False, fp._result)
     key = b"\x01a\x00\x00\x01\x00\x01\x00"
     cache.put(key, Normalised(0x8180, (0, 0, 0), b"", 20, [(0, 1)], 1, [b"\x01b\x00"]), 0.0)
     cache.get(key, 0.0)
@@ -186,7 +192,7 @@ def warm_up(matcher: DomainMatcher, policies: PolicySet) -> None:
 def usable(pipeline: Pipeline) -> bool:
     """Can the kernel stand in for this pipeline? Its rate limiter must be one the kernel
     shares (or none); any cache works (the kernel answers hits only from an ArrayCache)."""
-    return pipeline.limiter is None or isinstance(pipeline.limiter, ArrayRateLimiter)
+    return not pipeline.refuse_all and (pipeline.limiter is None or isinstance(pipeline.limiter, ArrayRateLimiter))
 
 
 class FastPath:
@@ -234,7 +240,8 @@ class FastPath:
                 "datagrams": int(self._result[R_PACKETS])}
 
     def tables(self, pipeline: Pipeline) -> FastTables:
-        """The tables for ``pipeline``, rebuilt when it was replaced (reload, bundle swap)."""
+        """The tables for ``pipeline``, rebuilt when it was replaced (reload, bundle swap, a
+        schedule boundary or a temporary allow: appliance/dns/policy_state.py)."""
         if pipeline is not self._pipeline or self._tables is None:
             self._tables = FastTables.build(pipeline.policies, pipeline.matcher)
             self._pipeline = pipeline
@@ -252,16 +259,28 @@ class FastPath:
             limiter = pipeline.limiter.arrays if pipeline.limiter is not None else self._none_limiter
             res = self._result
             res[R_SEND_ERRORS] = 0
-            _serve(sock.fileno(), self._io, b.rx, b.rxlen, b.addrs, b.tx, b.txlen, b.txsrc, b.act, fast.tables,
-                   fast.match, cache, limiter, pipeline.counters.fast, b.scratch, float(pipeline.clock()),
-                   FAST_ROUNDS, res)
+            # With a query log to feed, the call returns after any batch that blocked a name:
+            # those are read below before the buffers are reused (appliance/querylog.py; a
+            # flood past the log's budget is served without stopping).
+            qlog = pipeline.qlog if pipeline.qlog is not None and pipeline.qlog.has_budget() else None
+            _serve(sock.fileno(), self._io, b.rx, b.rxlen, b.addrs, b.tx, b.txlen, b.txsrc, b.act, b.blocked_mask,
+                   fast.tables, fast.match, cache, limiter, pipeline.counters.fast, b.scratch, float(pipeline.clock()),
+                   FAST_ROUNDS, qlog is not None, res)
             n, slow = int(res[R_RECEIVED]), int(res[R_SLOW])
+            if qlog is not None and n > 0:
+                qlog.fast_blocked(b.rx, b.rxlen, b.blocked_mask, n, self._client_text, pipeline.policy_name,
+                                  pipeline.matcher.catalog.names)
             if res[R_SEND_ERRORS]:
                 server.send_errors += int(res[R_SEND_ERRORS])
             if slow:
                 self._hand_over(sock, server, pipeline, n)
             if n < b.size:
                 return  # the socket was empty
+
+    def _client_text(self, i: int) -> str | None:
+        """The source address of datagram ``i`` of the last batch."""
+        addr = _sockaddr(self._names[i, :self._io[3][i]].tobytes())
+        return addr[0] if addr is not None else None
 
     def _hand_over(self, sock: socket.socket, server, pipeline: Pipeline, n: int) -> None:
         """The packets of the last batch that the kernel left to Python."""

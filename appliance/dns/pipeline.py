@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from appliance.dns.cache import WireCache
 from appliance.dns.ratelimit import RateLimiter
+from appliance.querylog import QueryLog
+from appliance.stats import FAST_WIDTH, StatsSlot
 from filters import _domain_kernels as K
 from filters.dns_fast import counter_values, new_counters
 from filters.dns_answer import (TYPE_ANY, badvers_response, error_response, minimal_any,
@@ -39,6 +41,7 @@ from filters.dns_wire import HEADER_LEN, MAX_MESSAGE, MAX_UDP_PAYLOAD, MIN_UDP_P
 from filters.domain_matcher import DomainMatcher
 from filters.errors import PacketError, RuntPacketError
 from filters.policy import PolicyRule, PolicySet, bypass_action
+from filters.safesearch import rewrite_answer
 
 __all__ = ["Forward", "Counters", "Pipeline"]
 
@@ -58,6 +61,10 @@ class Forward:
     key: bytes  # cache key: lower-case QNAME wire + QTYPE + QCLASS + DO
     rule: PolicyRule
     limit: int  # largest answer the client takes (UDP payload size, or 65535 over TCP)
+    client: str | None = None  # the client address (query log, block events)
+    # SafeSearch: the endpoint (wire) the client's name is rewritten to; ``key`` is then the
+    # endpoint's question, and the answer a CNAME to it plus its records (filters/safesearch.py)
+    rewrite: bytes | None = None
 
     def upstream_query(self, qid: int) -> bytes:
         """Our query: a fresh ID, RD, the client's CD bit, the lower-cased question and an
@@ -70,39 +77,70 @@ class Forward:
     def question(self) -> bytes:
         return self.key[:-1]
 
+    @property
+    def qname(self) -> bytes:
+        """The client's QNAME (wire; for the query log: ``key`` may be a SafeSearch endpoint's)."""
+        return self.buf[HEADER_LEN:self.query.qname_end]
 
-@dataclass
+
+_PIPELINE_COUNTERS = ("queries", "blocked", "bypass", "cache_hits", "stale_answers", "forwarded",
+                      "upstream_errors", "cname_blocked", "formerr", "dropped", "rate_limited", "servfail",
+                      "internal_errors", "slow_path")
+
+
 class Counters:
-    queries: int = 0
-    blocked: int = 0
-    blocked_by_mask: dict[int, int] = field(default_factory=dict)  # category mask -> count
-    bypass: int = 0
-    cache_hits: int = 0
-    stale_answers: int = 0
-    forwarded: int = 0
-    upstream_errors: int = 0
-    cname_blocked: int = 0
-    formerr: int = 0
-    dropped: int = 0
-    rate_limited: int = 0
-    servfail: int = 0
-    internal_errors: int = 0
-    slow_path: int = 0
-    # What the UDP fast path (filters/_dns_kernels.py) counted itself; snapshot adds it in.
-    fast: np.ndarray = field(default_factory=new_counters)
+    """The pipeline's counters, kept in a :class:`appliance.stats.StatsSlot`: under ``run``
+    a slot of the shared mapping (one writer per slot, so every process can sum all workers),
+    else a private one. Attributes read and add like ints (``c.queries += 1``) and hold what
+    the Python path counted; ``fast`` is the fast path kernel's counters array — a view into
+    the same slot, so the jitted code adds into shared memory directly; ``snapshot`` adds both.
+    """
+
+    def __init__(self, slot: StatsSlot | None = None) -> None:
+        self.slot = slot if slot is not None else StatsSlot.private()
+        width = new_counters().shape[0]
+        if width > FAST_WIDTH:  # the kernel grew past the room the slot layout reserves
+            raise ValueError(f"the fast path keeps {width} counters; appliance.stats.FAST_WIDTH is {FAST_WIDTH}")
+        self.fast: np.ndarray = self.slot.fast[:width]
+
+    def count_blocked(self, mask: int) -> None:
+        """One blocked query whose matching entries' categories are ``mask``."""
+        self.slot.count_blocked(mask)
+
+    def both(self, name: str) -> int:
+        """``name`` counted by the Python path plus by the fast path."""
+        named, _bits = counter_values(self.fast)
+        return self.slot.get(name) + named.get(name, 0)
+
+    def roll(self, now: float | None = None) -> None:
+        """Fold what was counted since the last call into the minute history (call ~1/s)."""
+        named, _bits = counter_values(self.fast)
+        self.slot.roll(self.slot.get("queries") + named.get("queries", 0),
+                       self.slot.get("blocked") + named.get("blocked", 0), now)
 
     def snapshot(self, category_names: Callable[[int], list[str]]) -> dict:
-        out = {k: v for k, v in vars(self).items() if k not in ("blocked_by_mask", "fast")}
+        """This pipeline's counts (one worker): both paths added, blocked per category name."""
+        out = {k: self.slot.get(k) for k in _PIPELINE_COUNTERS}
         named, bits = counter_values(self.fast)
         for k, v in named.items():
             out[k] = out.get(k, 0) + v
         per: dict[str, int] = {}
-        masks = [(mask, n) for mask, n in self.blocked_by_mask.items()] + [(1 << b, n) for b, n in bits.items()]
-        for mask, n in masks:
-            for name in category_names(mask):
-                per[name] = per.get(name, 0) + n
+        for b in range(64):
+            n = int(self.slot.categories[b]) + bits.get(b, 0)
+            if n:
+                for name in category_names(1 << b):
+                    per[name] = per.get(name, 0) + n
         out["blocked_by_category"] = per
         return out
+
+
+def _counter(name: str) -> property:
+    return property(lambda self: self.slot.get(name), lambda self, v: self.slot.set(name, v),
+                    doc=f"{name} (Python path)")
+
+
+for _n in _PIPELINE_COUNTERS:
+    setattr(Counters, _n, _counter(_n))
 
 
 class Pipeline:
@@ -118,6 +156,10 @@ class Pipeline:
         self.counters = Counters()
         self._row = matcher.last_row
         self._last_error_log = -1e9
+        # The query log and block events (appliance/querylog.py); None: neither.
+        self.qlog: QueryLog | None = None
+        # No bundle opens and the config says no_bundle: refuse (appliance/no_bundle.py).
+        self.refuse_all = False
 
     # -- the failure policy wrapper --------------------------------------------------------
     def handle(self, buf: bytes, client: str, udp: bool = True, rate_checked: bool = False) -> bytes | Forward | None:
@@ -128,6 +170,8 @@ class Pipeline:
             if self.limiter is not None and not rate_checked and not self.limiter.allow(client, self.clock()):
                 c.rate_limited += 1
                 return None
+            if self.refuse_all:
+                return self._refuse(buf)
             return self._fast(buf, client, udp)
         except RuntPacketError:
             c.dropped += 1
@@ -145,6 +189,20 @@ class Pipeline:
             return self._finish(fwd, response)
         except Exception:
             return self._internal_error(fwd.buf, "finishing a forwarded query")
+
+    def policy_name(self, client: str | None) -> str:
+        """The name of the policy ``client`` gets (for the query log)."""
+        return self.policies.for_client(client or "").name
+
+    def _refuse(self, buf: bytes) -> bytes | None:
+        """REFUSED, keeping the question: no bundle opens (config ``no_bundle: refuse``)."""
+        if len(buf) < HEADER_LEN or buf[2] & 0x80:
+            raise RuntPacketError("a runt or a response")
+        try:
+            q: Query | None = parse_query(buf)
+        except PacketError:
+            q = None  # the header alone still says REFUSED
+        return error_response(buf, RCODE_REFUSED, q)
 
     def _internal_error(self, buf: bytes, what: str) -> bytes | None:
         self.counters.internal_errors += 1
@@ -185,11 +243,15 @@ class Pipeline:
             c.bypass += 1
             return negative_answer(buf, q, RCODE_NXDOMAIN if action == "nxdomain" else RCODE_NOERROR,
                                    rule.answers.ttl)
-        if status == K.ST_BLOCK:
-            c.blocked += 1
+        if status == K.ST_BLOCK and not (rule.temp_allowed and  # an admin's temporary allow
+                                         rule.temporarily_allowed(qname, int(self._row[K.R_BLOCK_DEPTH]))):
             mask = int(self._row[K.R_UNION])
-            c.blocked_by_mask[mask] = c.blocked_by_mask.get(mask, 0) + 1
+            c.count_blocked(mask)
+            if self.qlog is not None:
+                self.qlog.blocked(qname, q.qtype, client, mask, rule.name, self.matcher.catalog.names)
             return rule.answers.answer(buf, q)
+        if rule.safesearch and qname in rule.safesearch:
+            return self._safesearch(buf, q, qname, rule, client, udp)
         if q.qtype == TYPE_ANY:
             return minimal_any(buf, q, rule.answers.ttl)  # RFC 8482
         limit = (min(q.udp_size, MAX_UDP_PAYLOAD) if q.edns else MIN_UDP_PAYLOAD) if udp else MAX_MESSAGE
@@ -199,10 +261,35 @@ class Pipeline:
         if entry is not None:
             c.cache_hits += 1
             if entry.norm.cname_targets and self._cname_blocked(entry.norm, rule):
+                self._log_cname_block(qname, q.qtype, client, rule)
                 return rule.answers.answer(buf, q)
+            if self.qlog is not None and self.qlog.all:
+                self.qlog.allowed(qname, q.qtype, client, rule.name, "cache")
             return render_cached(buf, q, entry.norm, entry.body(now), limit)
         c.forwarded += 1
-        return Forward(buf, q, key, rule, limit)
+        return Forward(buf, q, key, rule, limit, client)
+
+    def _safesearch(self, buf: bytes, q: Query, qname: bytes, rule: PolicyRule, client: str,
+                    udp: bool) -> bytes | Forward:
+        """A SafeSearch name: CNAME to the safe endpoint plus the endpoint's records of the
+        query type, from the cache or upstream (the endpoint's answer is cached as its own)."""
+        target = rule.safesearch[qname]
+        limit = (min(q.udp_size, MAX_UDP_PAYLOAD) if q.edns else MIN_UDP_PAYLOAD) if udp else MAX_MESSAGE
+        if q.qtype == TYPE_ANY:
+            return rewrite_answer(buf, q, target, None, b"", limit)  # the CNAME alone (RFC 8482)
+        key = target + buf[q.qname_end:q.qname_end + 4] + (b"\x01" if q.do else b"\x00")
+        now = self.clock()
+        entry = self.cache.get(key, now)
+        if entry is not None:
+            self.counters.cache_hits += 1
+            return rewrite_answer(buf, q, target, entry.norm, entry.body(now), limit)
+        self.counters.forwarded += 1
+        return Forward(buf, q, key, rule, limit, client, target)
+
+    def _render(self, fwd: Forward, norm: Normalised, body: bytes) -> bytes:
+        if fwd.rewrite is not None:
+            return rewrite_answer(fwd.buf, fwd.query, fwd.rewrite, norm, body, fwd.limit)
+        return render_cached(fwd.buf, fwd.query, norm, body, fwd.limit)
 
     def _slow(self, buf: bytes, client: str, udp: bool, q: Query | None) -> bytes | Forward | None:
         from appliance.dns.slowpath import canonical_query
@@ -218,13 +305,18 @@ class Pipeline:
         """A CNAME (or DNAME) target the policy blocks blocks the whole answer: otherwise
         ``harmless.example CNAME casino.example`` would slip past the list."""
         for target in norm.cname_targets:
-            if self.matcher.match_wire(target, 0, rule.mask) == K.ST_BLOCK:
+            if self.matcher.match_wire(target, 0, rule.mask) == K.ST_BLOCK and not (
+                    rule.temp_allowed and rule.temporarily_allowed(target, int(self._row[K.R_BLOCK_DEPTH]))):
                 self.counters.cname_blocked += 1
-                self.counters.blocked += 1
-                mask = int(self._row[K.R_UNION])
-                self.counters.blocked_by_mask[mask] = self.counters.blocked_by_mask.get(mask, 0) + 1
+                self.counters.count_blocked(int(self._row[K.R_UNION]))
                 return True
         return False
+
+    def _log_cname_block(self, qname: bytes, qtype: int, client: str | None, rule: PolicyRule) -> None:
+        """Log a block by CNAME target (right after _cname_blocked: the row is the target's)."""
+        if self.qlog is not None:
+            self.qlog.blocked(qname, qtype, client, int(self._row[K.R_UNION]), rule.name,
+                              self.matcher.catalog.names, answer="cname")
 
     def _finish(self, fwd: Forward, response: bytes | None) -> bytes | None:
         c = self.counters
@@ -232,7 +324,8 @@ class Pipeline:
         norm = None
         if response is not None:
             try:
-                norm = normalise_response(response, fwd.query.question_end, self.max_ttl)
+                # The question we asked: the client's, or a SafeSearch endpoint's.
+                norm = normalise_response(response, HEADER_LEN + len(fwd.key) - 1, self.max_ttl)
             except PacketError:
                 c.upstream_errors += 1
                 norm = None
@@ -242,12 +335,20 @@ class Pipeline:
             if stale is not None:
                 c.stale_answers += 1
                 if stale.norm.cname_targets and self._cname_blocked(stale.norm, fwd.rule):
+                    self._log_cname_block(fwd.qname, fwd.query.qtype, fwd.client, fwd.rule)
                     return fwd.rule.answers.answer(fwd.buf, fwd.query)
-                return render_cached(fwd.buf, fwd.query, stale.norm, stale.stale_body(), fwd.limit)
+                if self.qlog is not None and self.qlog.all:
+                    self.qlog.allowed(fwd.qname, fwd.query.qtype, fwd.client, fwd.rule.name, "stale")
+                return self._render(fwd, stale.norm, stale.stale_body())
             if norm is None or norm.rcode == RCODE_REFUSED:
                 c.servfail += 1
+                if self.qlog is not None and self.qlog.all:
+                    self.qlog.allowed(fwd.qname, fwd.query.qtype, fwd.client, fwd.rule.name, "servfail")
                 return error_response(fwd.buf, RCODE_SERVFAIL, fwd.query)
         self.cache.put(fwd.key, norm, now)
         if norm.cname_targets and self._cname_blocked(norm, fwd.rule):
+            self._log_cname_block(fwd.qname, fwd.query.qtype, fwd.client, fwd.rule)
             return fwd.rule.answers.answer(fwd.buf, fwd.query)
-        return render_cached(fwd.buf, fwd.query, norm, norm.body, fwd.limit)
+        if self.qlog is not None and self.qlog.all:
+            self.qlog.allowed(fwd.qname, fwd.query.qtype, fwd.client, fwd.rule.name, "upstream")
+        return self._render(fwd, norm, norm.body)

@@ -28,25 +28,31 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from appliance.config import Config, ConfigErrors, load_config
-from appliance.config_dns import DEFAULT_POLICY
 from appliance.dns.cache import ArrayCache, WireCache
-from appliance.dns.pipeline import Pipeline
+from appliance.dns.pipeline import Counters, Pipeline
+from appliance.dns.policy_state import PolicyState, utc_now
 from appliance.dns.ratelimit import ArrayRateLimiter, RateLimiter
 from appliance.dns.server import DnsServer, open_sockets
-from appliance.dns.upstream import UpstreamSet
+from appliance.dns.upstream import UpstreamSet, upstream_text
+from appliance.no_bundle import HOW_REFUSING, fallback_bundle
 from appliance.embedded import DEFAULT_CONFIG, open_selected, resolve_bundle, user_state_dir
+from appliance.flows import CaptureChild
+from appliance.querylog import (FLUSH_PERIOD, RETENTION_PERIOD, ClientPrivacy, QueryLog, enforce_retention,
+                                ignore_file_size_signal)
+from appliance.stats import SharedStats, slots_for
 from appliance.scheduler import UpdateScheduler
+from appliance.web.process import WebProcess, start_web
 from appliance.state import clear_run_state, write_run_state
-from filters.catalog import ALL_CATEGORIES, Catalog
-from filters.dns_answer import BlockAnswers
+from filters.catalog import Catalog
 from filters.domain_matcher import DomainMatcher
 from filters.errors import ConfigError, InputError, SchoolgateError, Where
-from filters.policy import NetworkTable, PolicyRule, PolicySet
+from filters.policy import PolicySet
 from signatures.bundle import Bundle, open_bundle
 
 __all__ = ["load_run_config", "policy_errors", "Built", "build", "Service", "run_service", "check_catalog",
@@ -73,6 +79,8 @@ def policy_errors(cfg: Config, catalog: Catalog) -> list[ConfigError]:
     for p in cfg.policies.values():
         try:
             catalog.mask(p.block)
+            for entry in p.schedule:
+                catalog.mask(entry.block)
         except InputError as exc:
             errors.append(ConfigError(f"policy {p.name}: {exc.message}", p.where or Where(cfg.file)))
         if p.block_mode == "blockpage" and not cfg.dns.blockpage:
@@ -85,9 +93,11 @@ def policy_errors(cfg: Config, catalog: Catalog) -> list[ConfigError]:
 class Built:
     cfg: Config
     bundle: Bundle
-    how: str  # configured | active | demo
+    how: str  # configured | active | demo | refusing | unfiltered (appliance/no_bundle.py)
     matcher: DomainMatcher
     policies: PolicySet
+    # Schedules and temporary allows: rebuilds matcher + policies when they change
+    policy_state: PolicyState | None = None
 
 
 def build(cfg: Config, bundle_at: tuple[Path, str] | None = None) -> Built:
@@ -95,24 +105,21 @@ def build(cfg: Config, bundle_at: tuple[Path, str] | None = None) -> Built:
     ``bundle_at`` (path, how) names the bundle; by default the one the config selects
     (installing the demo bundle when there is none)."""
     if bundle_at is None:
-        bundle, how = open_selected(cfg)
+        try:
+            bundle, how = open_selected(cfg)
+        except SchoolgateError as exc:  # nothing opens: what config no_bundle says
+            bundle, how = fallback_bundle(cfg, exc)
     else:
         bundle, how = open_bundle(bundle_at[0]), bundle_at[1]
     matcher = bundle.domain_matcher().with_local(cfg.local_block, cfg.local_allow)
     errors = policy_errors(cfg, bundle.catalog)
     if errors:
         raise ConfigErrors(errors)
-    d = cfg.dns
-    rules = {}
-    for p in cfg.policies.values():
-        answers = BlockAnswers(p.block_mode or d.block_mode, d.block_ttl, d.blockpage)
-        rules[p.name] = PolicyRule(p.name, p.block, matcher.policy_mask(bundle.catalog.mask(p.block)), answers)
-    if DEFAULT_POLICY not in rules:  # no default policy: every category is blocked
-        rules[DEFAULT_POLICY] = PolicyRule(DEFAULT_POLICY, tuple(bundle.catalog.categories),
-                                           matcher.policy_mask(ALL_CATEGORIES),
-                                           BlockAnswers(d.block_mode, d.block_ttl, d.blockpage))
-    nets = NetworkTable([(c, n.policy) for n in cfg.networks for c in n.cidrs], DEFAULT_POLICY)
-    return Built(cfg, bundle, how, matcher, PolicySet(rules, nets))
+    # Policies as in force now (schedules, temporary allows, SafeSearch, DoH): see
+    # appliance/dns/policy_state.py; without a default policy every category is blocked.
+    state = PolicyState(cfg, bundle.catalog, matcher)
+    matcher, policies = state.build()
+    return Built(cfg, bundle, how, matcher, policies, state)
 
 
 def make_scheduler(config_path: str | None, cfg: Config) -> UpdateScheduler | None:
@@ -157,7 +164,7 @@ class Service:
     update scheduler and writes run.json."""
 
     def __init__(self, config_path: str | None, prebuilt: Built | None = None, reuse_port: bool = False,
-                 worker: int | None = None, owner: bool = True) -> None:
+                 worker: int | None = None, owner: bool = True, stats: SharedStats | None = None) -> None:
         self.config_path = config_path
         self.prebuilt = prebuilt
         self.reuse_port = reuse_port
@@ -171,19 +178,95 @@ class Service:
         self._refused: Path | None = None  # a bundle the config could not use: not retried
         self._watch: asyncio.TimerHandle | None = None
         self._started = utc_text()
+        # Schedules and temporary allows are looked at every WATCH_PERIOD in every serving
+        # process (appliance/dns/policy_state.py); the wall clock is a seam for tests.
+        self.wall_clock = utc_now
+        self._policy_watch: asyncio.TimerHandle | None = None
+        self.web: WebProcess | None = None  # the web page's process (owner only)
+        self.capture: CaptureChild | None = None  # the flow inspection process (owner only)
+        # Counters shared with the other processes (appliance/stats.py; created here when this
+        # process is the whole appliance), this worker's slot of them, and the query log.
+        self.stats = stats
+        self._counters: Counters | None = None
+        self._qlog: QueryLog | None = None
+        self._obs: asyncio.TimerHandle | None = None
+        self._since = self._started
+        self._next_report = 0.0
+        self._next_retention = 0.0
 
     def _pipeline(self, built: Built, cache: WireCache) -> Pipeline:
         d = built.cfg.dns
         limiter_type = ArrayRateLimiter if d.fast_path else RateLimiter  # the fast path shares its buckets
         limiter = limiter_type(d.rate_limit, d.rate_burst) if d.rate_limit > 0 else None
-        return Pipeline(built.matcher, built.policies, cache, limiter=limiter, max_ttl=d.cache_max_ttl)
+        p = Pipeline(built.matcher, built.policies, cache, limiter=limiter, max_ttl=d.cache_max_ttl)
+        p.refuse_all = built.how == HOW_REFUSING
+        if self._counters is not None:
+            p.counters = self._counters
+        p.qlog = self._qlog
+        return p
+
+    def _observe_setup(self, built: Built) -> None:
+        """Shared counters (this worker's slot) and the query log; see appliance/stats.py and
+        appliance/querylog.py."""
+        from appliance.status import seed_counters
+
+        cfg = built.cfg
+        if self.stats is None:  # no supervisor: this process owns the shared counters
+            self.stats = SharedStats.create(slots_for(1))
+            if self.owner:
+                self._since = seed_counters(cfg.state_dir, self.stats) or self._started
+                self._next_retention = time.time() + RETENTION_PERIOD
+                enforce_retention(cfg.state_dir, cfg.log.retention_days)  # before anything serves
+        privacy = ClientPrivacy(cfg.state_dir, cfg.log.clients)
+        self.stats.privacy = privacy
+        self.stats.category_names = built.bundle.catalog.names
+        slot = self.stats.slot(self.worker or 0)
+        self._counters = Counters(slot)
+        self._qlog = QueryLog(cfg.state_dir, cfg.log, privacy, slot)
+        self._qlog.account(self._counters.both("blocked"))  # a restarted worker: counted before
+        ignore_file_size_signal()
+
+    def _observe_tick(self) -> None:
+        try:
+            self.observe(time.time())
+        except Exception:  # a bug of ours in reporting must not end it, nor DNS
+            log.exception("counters/query log tick failed")
+        self._obs = asyncio.get_running_loop().call_later(FLUSH_PERIOD, self._observe_tick)
+
+    def observe(self, now: float, final: bool = False) -> None:
+        """Every FLUSH_PERIOD: minute history, query log flush; as owner also counters.json
+        (every COUNTERS_PERIOD) and the query log retention (hourly)."""
+        from appliance.status import COUNTERS_PERIOD, write_counters
+
+        assert self._counters is not None and self._qlog is not None and self.built is not None
+        self._counters.roll(now)
+        self._qlog.account(self._counters.both("blocked"))
+        self._qlog.flush()
+        if not self.owner:
+            return
+        cfg = self.built.cfg
+        if final or now >= self._next_report:
+            self._next_report = now + COUNTERS_PERIOD
+            write_counters(cfg.state_dir, self.stats, self.built.bundle.catalog.names, self._since,
+                           {"upstreams": self._upstream_status()})
+        if now >= self._next_retention:
+            self._next_retention = now + RETENTION_PERIOD
+            enforce_retention(cfg.state_dir, cfg.log.retention_days, now)
+
+    def _upstream_status(self) -> list[dict]:
+        if self.server is None:
+            return []
+        ups = self.server.upstreams
+        return [u.status(ups.clock()) for u in ups.upstreams]
 
     async def run(self, ready: asyncio.Event | None = None) -> int:
         built = self.prebuilt or build(load_run_config(self.config_path))
         d = built.cfg.dns
+        self._observe_setup(built)
         sockets = open_sockets(d.listen, reuse_port=self.reuse_port)
         cache = (ArrayCache if d.fast_path else WireCache)(d.cache_size, d.stale_ttl)
-        upstreams = UpstreamSet(d.upstreams, d.upstream_timeout)
+        upstreams = UpstreamSet(d.upstreams, d.upstream_timeout, tls_ca=d.tls_ca)
+        upstreams.slot = self._counters.slot if self._counters is not None else None
         self.built = built
         self.server = DnsServer(self._pipeline(built, cache), upstreams, idle_timeout=d.tcp_idle_timeout,
                                 max_connections=d.tcp_max_connections, fast_path=d.fast_path)
@@ -199,15 +282,23 @@ class Service:
                                  "bundle": str(built.bundle.path),
                                  "bundle_version": built.bundle.version, "bundle_source": built.how,
                                  "demo": built.bundle.demo,
-                                 "upstreams": [f"{h}:{p}" for h, p in d.upstreams], "config": built.cfg.file})
+                                 "upstreams": [upstream_text(u) for u in d.upstreams], "config": built.cfg.file})
         log_serving(built, None, self.worker)
         if self.owner:
             self.scheduler = make_scheduler(self.config_path, built.cfg)
             self._write_run_state(self._started)
+            # The web page, a forked child (appliance/web/process.py): it closes these sockets.
+            self.web = start_web(self.config_path, built.cfg, self.stats, built,
+                                 [s for pair in sockets for s in pair])
+            # Flow inspection (appliance/flows.py), a forked child when flows.enabled.
+            self.capture = CaptureChild(self.config_path, built, self.stats)
         if self.owner:  # a worker swaps when its supervisor says so (SIGUSR2)
             self._watch = loop.call_later(WATCH_PERIOD, self._tick)
         else:
             self.swap_if_changed()  # activated while this worker was starting
+        self._obs = loop.call_later(FLUSH_PERIOD, self._observe_tick)
+        self.refresh_policies()
+        self._policy_watch = loop.call_later(WATCH_PERIOD, self._policy_tick)
         if ready is not None:
             ready.set()
         try:
@@ -215,13 +306,28 @@ class Service:
         finally:
             if self._watch is not None:
                 self._watch.cancel()
+            if self._obs is not None:
+                self._obs.cancel()
+            if self._policy_watch is not None:
+                self._policy_watch.cancel()
             if self.scheduler is not None:
                 self.scheduler.stop()
+            if self.web is not None:
+                self.web.stop()
+            if self.capture is not None:
+                self.capture.stop()  # its nftables table goes with it
             if self.owner:
                 clear_run_state(built.cfg.state_dir, os.getpid())
         log.info("stopping")
         await self.server.stop()
+        self.server.upstreams.close()
         self.log_counters()
+        try:
+            self.observe(time.time(), final=True)
+        except Exception:
+            log.exception("final counters/query log flush failed")
+        if self._qlog is not None:
+            self._qlog.close()
         return 0
 
     def stop(self) -> None:
@@ -232,6 +338,10 @@ class Service:
         try:
             if self.scheduler is not None:
                 self.scheduler.poll()
+            if self.web is not None:
+                self.web.poll()
+            if self.capture is not None:
+                self.capture.poll()
             self.swap_if_changed()
         except Exception:  # a bug of ours must not end the watch: log it, keep serving
             log.exception("bundle watch failed")
@@ -276,6 +386,30 @@ class Service:
         except SchoolgateError as exc:
             log.error("%s", exc)
 
+    def _policy_tick(self) -> None:
+        try:
+            self.refresh_policies()
+        except Exception:  # a bug of ours must not end the watch: log it, keep serving
+            log.exception("policy refresh failed")
+        self._policy_watch = asyncio.get_running_loop().call_later(WATCH_PERIOD, self._policy_tick)
+
+    def refresh_policies(self) -> bool:
+        """Serve the policies in force now (a schedule boundary passed, a temporary allow
+        was added, removed or expired): a new pipeline over the same cache, rate limiter and
+        counters, swapped between two queries. False when nothing changed."""
+        if self.built is None or self.built.policy_state is None or self.server is None:
+            return False
+        got = self.built.policy_state.refresh(self.wall_clock())
+        if got is None:
+            return False
+        self.built.matcher, self.built.policies = got
+        old = self.server.pipeline
+        p = Pipeline(got[0], got[1], old.cache, limiter=old.limiter, max_ttl=old.max_ttl, clock=old.clock)
+        p.counters = old.counters
+        p.qlog = getattr(old, "qlog", None)
+        self.server.pipeline = p
+        return True
+
     def _install(self, built: Built) -> None:
         """Replace the pipeline (one reference, between two queries); cache and counters stay."""
         assert self.server is not None
@@ -286,7 +420,13 @@ class Service:
         pipeline = self._pipeline(built, cache)
         pipeline.counters = counters
         self.server.pipeline = pipeline
-        self.server.upstreams.update(d.upstreams, d.upstream_timeout)
+        self.server.upstreams.update(d.upstreams, d.upstream_timeout, tls_ca=d.tls_ca)
+        if self.stats is not None:
+            self.stats.category_names = built.bundle.catalog.names
+        if self._qlog is not None and self.stats is not None:
+            if built.cfg.log.clients != self._qlog.privacy.mode:
+                self._qlog.privacy = self.stats.privacy = ClientPrivacy(built.cfg.state_dir, built.cfg.log.clients)
+            self._qlog.config = built.cfg.log
         self.server.idle_timeout, self.server.max_connections = d.tcp_idle_timeout, d.tcp_max_connections
         self.built = built
         self._refused = None
@@ -312,6 +452,12 @@ class Service:
         if self.owner:
             self._reschedule(cfg)
             self._write_run_state(utc_text())
+            if self.capture is not None:
+                self.capture.reload(built)
+            if self.web is not None:
+                self.web.reload(built.cfg, built)
+            elif built.cfg.web.enabled:
+                self.web = start_web(self.config_path, built.cfg, self.stats, built)
         log.info("config reloaded", extra={"bundle": str(built.bundle.path), "bundle_version": built.bundle.version})
         return True
 
@@ -324,11 +470,14 @@ class Service:
             self.scheduler.reconfigure(cfg.file, cfg.updates)
 
     def counters(self) -> dict:
-        assert self.server is not None and self.built is not None
-        snap = self.server.pipeline.counters.snapshot(self.built.bundle.catalog.names)
+        """Totals over every process of the appliance (the shared counters), and this
+        process's cache, connections and upstream health."""
+        assert self.server is not None and self.built is not None and self.stats is not None
+        snap = self.stats.totals(self.built.bundle.catalog.names)
+        snap["this_worker"] = self.server.pipeline.counters.snapshot(self.built.bundle.catalog.names)
         snap["cache_entries"] = len(self.server.pipeline.cache)
         snap["tcp_connections"] = self.server.tcp_connections
-        snap["upstreams"] = [u.status(self.server.upstreams.clock()) for u in self.server.upstreams.upstreams]
+        snap["upstreams"] = self._upstream_status()
         return snap
 
     def log_counters(self) -> None:
@@ -338,6 +487,13 @@ class Service:
 
 def run_service(config_path: str | None) -> int:
     cfg = load_run_config(config_path)
+    # run.json, counters, logs and flow state live here even when the config names its own
+    # bundle (nothing else would create the directory then). Not being able to is not fatal:
+    # filtering matters more than the reports, and each writer says what failed.
+    try:
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    except OSError as exc:
+        log.error("cannot create the state directory %s: %s", cfg.state_dir, exc)
     if cfg.dns.workers > 1:
         from appliance.dns.workers import Supervisor
 

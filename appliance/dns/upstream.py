@@ -1,4 +1,5 @@
-"""Forwarding to upstream resolvers: plain DNS over UDP, TCP when the answer is truncated.
+"""Forwarding to upstream resolvers: plain DNS over UDP (TCP when the answer is truncated),
+or DNS over TLS (appliance/dns/dot.py) for upstreams written ``tls://address[:port][#name]``.
 
 Each query gets a fresh socket, so the kernel picks a random source port (Linux randomises
 ephemeral ports), and a random ID from the system CSPRNG: together ~32 bits an off-path
@@ -9,7 +10,11 @@ from other addresses; replies that do not match our ID and question are ignored 
 Health: an upstream that fails twice in a row is marked down for a back-off that doubles up
 to a minute; queries try healthy upstreams first, in configured order, at most MAX_TRIES
 of them, so a query waits at most MAX_TRIES × timeout. When all are down one is still
-tried (that is how recovery is noticed), but only one.
+tried (that is how recovery is noticed), but only one. Plain and DoT upstreams are one list:
+a DoT upstream that fails is skipped like a plain one, in configured order.
+
+Every try is counted in the process's stats slot (appliance/stats.py): per upstream index,
+queries, failures and a latency histogram.
 """
 
 from __future__ import annotations
@@ -17,14 +22,18 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
+from appliance.dns.dot import DotConnection, tls_context
 from appliance.dns.pipeline import Forward
+from appliance.stats import StatsSlot
 from filters.dns_response import answers_question
 
-__all__ = ["Upstream", "UpstreamSet", "MAX_TRIES"]
+__all__ = ["Upstream", "UpstreamSet", "MAX_TRIES", "upstream_text"]
 
 # Upstreams tried per query: two keeps the worst case (2 × timeout) under a stub
 # resolver's 5 s patience with the default 1.5 s timeout.
@@ -36,39 +45,80 @@ BACKOFF_FIRST, BACKOFF_MAX = 2.0, 60.0
 _RECV = 65535
 
 
+def upstream_text(u: tuple) -> str:
+    """An upstream as configured: ``1.2.3.4:53``, ``[::1]:53``, ``tls://1.2.3.4:853#name``."""
+    host, port = u[0], u[1]
+    addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if len(u) > 2:
+        return f"tls://{addr}" + (f"#{u[2]}" if u[2] else "")
+    return addr
+
+
 @dataclass
 class Upstream:
     host: str
     port: int
+    tls_name: str | None = None  # None: plain DNS; else DoT, the name to verify ("" = the address)
+    index: int = 0  # position in the config (the stats' upstream row)
     fails: int = 0
     down_until: float = 0.0
     rtt: float = 0.0  # smoothed round-trip time, seconds
     queries: int = 0
     errors: int = 0
+    dot: DotConnection | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> tuple:
+        return (self.host, self.port) if self.tls_name is None else (self.host, self.port, self.tls_name)
 
     @property
     def family(self) -> int:
         return socket.AF_INET6 if ":" in self.host else socket.AF_INET
 
     def status(self, now: float) -> dict:
-        return {"address": f"{self.host}:{self.port}" if self.family == socket.AF_INET else f"[{self.host}]:{self.port}",
-                "up": self.down_until <= now, "rtt_ms": round(self.rtt * 1000, 2),
-                "queries": self.queries, "errors": self.errors}
+        return {"address": upstream_text(self.key), "index": self.index, "up": self.down_until <= now,
+                "rtt_ms": round(self.rtt * 1000, 2), "queries": self.queries, "errors": self.errors}
 
 
 class UpstreamSet:
-    def __init__(self, addresses: tuple[tuple[str, int], ...], timeout: float, *,
+    def __init__(self, addresses: tuple[tuple, ...], timeout: float, *, tls_ca: str | Path | None = None,
                  rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout = timeout
         self.rng = rng or random.SystemRandom()
         self.clock = clock
-        self.upstreams = [Upstream(h, p) for h, p in addresses]
+        self.slot: StatsSlot | None = None  # where tries are counted (None: nowhere)
+        self.tls_ca = tls_ca
+        self._ssl: ssl.SSLContext | None = None
+        self.upstreams: list[Upstream] = []
+        self.update(addresses, timeout, tls_ca=tls_ca)
 
-    def update(self, addresses: tuple[tuple[str, int], ...], timeout: float) -> None:
-        """New addresses from a reloaded config; health of the ones kept is kept."""
-        old = {(u.host, u.port): u for u in self.upstreams}
-        self.upstreams = [old.get(a) or Upstream(*a) for a in addresses]
+    def update(self, addresses: tuple[tuple, ...], timeout: float, *, tls_ca: str | Path | None = None) -> None:
+        """New addresses from a reloaded config; health (and DoT connections) of the ones
+        kept is kept."""
+        if tls_ca != self.tls_ca:
+            self._ssl = None
+            for u in self.upstreams:
+                if u.dot is not None:
+                    u.dot.close()
+                    u.dot = None
+        self.tls_ca = tls_ca
+        old = {u.key: u for u in self.upstreams}
+        new = []
+        for i, a in enumerate(addresses):
+            u = old.pop(tuple(a), None) or Upstream(a[0], a[1], a[2] if len(a) > 2 else None)
+            u.index = i
+            new.append(u)
+        for u in old.values():
+            if u.dot is not None:
+                u.dot.close()
+        self.upstreams = new
         self.timeout = timeout
+
+    def close(self) -> None:
+        """Close DoT connections (at stop)."""
+        for u in self.upstreams:
+            if u.dot is not None:
+                u.dot.close()
 
     def _order(self) -> list[Upstream]:
         now = self.clock()
@@ -83,19 +133,30 @@ class UpstreamSet:
             u.queries += 1
             t0 = self.clock()
             try:
-                resp = await self._udp(u, fwd)
+                resp = await (self._udp(u, fwd) if u.tls_name is None else self._dot(u, fwd))
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
-                resp = None
+                resp = None  # ssl.SSLError (a certificate that does not verify) is an OSError
             if resp is not None:
                 u.fails, u.down_until = 0, 0.0
                 dt = self.clock() - t0
                 u.rtt = dt if not u.rtt else 0.8 * u.rtt + 0.2 * dt
+                if self.slot is not None:
+                    self.slot.upstream_result(u.index, dt)
                 return resp
+            if self.slot is not None:
+                self.slot.upstream_result(u.index, None)
             u.errors += 1
             u.fails += 1
             if u.fails >= FAILS_BEFORE_DOWN:
                 u.down_until = self.clock() + min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (u.fails - FAILS_BEFORE_DOWN))
         return None
+
+    async def _dot(self, u: Upstream, fwd: Forward) -> bytes | None:
+        if u.dot is None:
+            if self._ssl is None:
+                self._ssl = tls_context(self.tls_ca)
+            u.dot = DotConnection(u.host, u.port, u.tls_name or "", self._ssl, rng=self.rng)
+        return await u.dot.query(fwd.upstream_query, fwd.question, self.timeout)
 
     async def _udp(self, u: Upstream, fwd: Forward) -> bytes | None:
         loop = asyncio.get_running_loop()

@@ -8,8 +8,11 @@ SO_REUSEPORT and the kernel spreads clients across them by address hash.
 Signals: SIGTERM/SIGINT stop every worker (and then the supervisor); SIGHUP is checked by
 the supervisor first — an invalid config is refused once, here, and the workers never see
 it; a valid one is rebuilt here (so restarted workers fork from it) and passed on as SIGHUP
-for each worker to reload. A worker that dies is restarted, at most once per
-RESTART_DELAY per slot so that a crash loop cannot spin.
+for each worker to reload; SIGUSR1 logs the counters of all workers (summed here, from the
+shared counters every worker adds into: appliance/stats.py, mapped before the first fork).
+A worker that dies is restarted (into its slot of the counters), at most once per
+RESTART_DELAY per slot so that a crash loop cannot spin. The supervisor writes counters.json
+every COUNTERS_PERIOD and runs the query log's retention job (appliance/querylog.py).
 
 Updates: the supervisor runs the update scheduler (appliance/scheduler.py; SIGUSR2 = check
 now), so the repository sees one poll per appliance, not one per worker. It watches
@@ -23,6 +26,7 @@ old and the new verdicts alternate.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import os
@@ -36,7 +40,12 @@ from appliance.memory import release_file_pages
 from appliance.dns.service import (Built, Service, utc_text, build, load_run_config, log_serving,
                                    make_scheduler, run_record)
 from appliance.embedded import resolve_bundle
+from appliance.querylog import RETENTION_PERIOD, ClientPrivacy, enforce_retention
+from appliance.stats import SharedStats, slots_for
+from appliance.status import COUNTERS_PERIOD, seed_counters, write_counters
+from appliance.flows import CaptureChild
 from appliance.state import clear_run_state, write_run_state
+from appliance.web.process import WebProcess, start_web
 from filters.errors import SchoolgateError
 
 __all__ = ["Supervisor", "RESTART_DELAY"]
@@ -46,6 +55,21 @@ log = logging.getLogger("schoolgate")
 RESTART_DELAY = 1.0  # seconds between restarts of one worker slot
 _TICK = 0.2  # the supervisor's loop period
 _STOP_GRACE = 10.0  # seconds workers get to exit after SIGTERM before SIGKILL
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGTERM this process when ``parent`` dies, even by SIGKILL: an orphaned
+    worker would keep serving its old bundle on the shared port forever, beside the workers
+    of a restarted appliance (tests/integration/test_gateway_faults.py)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's own stop still ends us
+        return
+    if os.getppid() != parent:  # it died between fork() and prctl()
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Supervisor:
@@ -59,20 +83,29 @@ class Supervisor:
         self.scheduler = None
         self._started = utc_text()
         self._refused = None  # a bundle the config could not use: not retried
+        # Counters every worker adds into (appliance/stats.py): mapped before the first fork.
+        self.stats: SharedStats | None = None
+        self._since = self._started
+        self._next_report = 0.0
+        self._next_retention = 0.0
+        self.web: WebProcess | None = None
+        self.capture: CaptureChild | None = None  # flow inspection (appliance/flows.py)
 
     def _spawn(self, slot: int) -> None:
         self._last_start[slot] = time.monotonic()
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                     signal.signal(sig, signal.SIG_DFL)
+                die_with_parent(supervisor)
                 # "swap now" arriving before the worker listens for it must not kill it; the
                 # worker looks for a newer bundle once it is ready anyway.
                 signal.signal(signal.SIGUSR2, signal.SIG_IGN)
                 code = asyncio.run(Service(self.config_path, self.built, reuse_port=True, worker=slot,
-                                           owner=False).run())
+                                           owner=False, stats=self.stats).run())
             except BaseException:
                 log.exception("worker %d failed", slot)
             finally:
@@ -88,12 +121,23 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
                     signal.SIGCHLD):
             signal.signal(sig, lambda s, _f: self._flags.add(s))
+        cfg = self.built.cfg
+        self.stats = SharedStats.create(slots_for(self.n))
+        self._since = seed_counters(cfg.state_dir, self.stats) or self._started
+        self.stats.privacy = ClientPrivacy(cfg.state_dir, cfg.log.clients)
+        self.stats.category_names = self.built.bundle.catalog.names
+        self._observe(time.time())  # retention (and a first report) before anything serves
+        self.stats.privacy("0.0.0.0")  # today's client key exists before the workers look for it
         self._share_before_fork()
         for slot in range(self.n):
             self._spawn(slot)
         log.info("supervisor started %d workers", self.n, extra={"pids": sorted(self.pids)})
         self.scheduler = make_scheduler(self.config_path, self.built.cfg)
         self._write_run_state(self._started)
+        # The web page, a forked child like the workers (appliance/web/process.py).
+        self.web = start_web(self.config_path, self.built.cfg, getattr(self, "stats", None), self.built)
+        # Flow inspection, a forked child when flows.enabled; it follows bundle swaps itself.
+        self.capture = CaptureChild(self.config_path, self.built, getattr(self, "stats", None))
         while True:
             time.sleep(_TICK)  # interrupted early by any signal
             flags, self._flags = self._flags, set()
@@ -101,8 +145,8 @@ class Supervisor:
                 return self._stop()
             if signal.SIGHUP in flags:
                 self._reload()
-            if signal.SIGUSR1 in flags:
-                self._tell(signal.SIGUSR1)
+            if signal.SIGUSR1 in flags:  # the totals of every worker, logged once, here
+                log.info("counters", extra={"counters": self.stats.totals(self.built.bundle.catalog.names)})
             if signal.SIGUSR2 in flags and self.scheduler is not None:
                 self.scheduler.check_now()
             try:
@@ -111,7 +155,22 @@ class Supervisor:
                 self._follow_bundle()
             except Exception:  # a bug of ours must not take the workers down with us
                 log.exception("update scheduling failed")
+            try:
+                self._observe(time.time())
+            except Exception:
+                log.exception("counters report failed")
             self._reap()
+
+    def _observe(self, now: float, final: bool = False) -> None:
+        """counters.json every COUNTERS_PERIOD; the query log retention hourly (and at start)."""
+        cfg = self.built.cfg
+        if final or now >= self._next_report:
+            self._next_report = now + COUNTERS_PERIOD
+            write_counters(cfg.state_dir, self.stats, self.built.bundle.catalog.names, self._since,
+                           {"workers": self.n})
+        if now >= self._next_retention:
+            self._next_retention = now + RETENTION_PERIOD
+            enforce_retention(cfg.state_dir, cfg.log.retention_days, now)
 
     def _follow_bundle(self) -> None:
         """Rebuild when bundles/current moved, then tell the workers to swap."""
@@ -147,6 +206,10 @@ class Supervisor:
 
     def _reap(self) -> None:
         # Worker by worker, not waitpid(-1): the updater child is the scheduler's to reap.
+        if self.web is not None:
+            self.web.poll()
+        if self.capture is not None:
+            self.capture.poll()
         for pid in list(self.pids):
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
@@ -180,6 +243,12 @@ class Supervisor:
                 self.scheduler.stop()
             self.scheduler = make_scheduler(self.config_path, built.cfg)
         self._write_run_state(utc_text())
+        if self.web is not None:
+            self.web.reload(built.cfg, built)
+        elif built.cfg.web.enabled:
+            self.web = start_web(self.config_path, built.cfg, getattr(self, "stats", None), built)
+        if self.capture is not None:
+            self.capture.reload(built)
         self._tell(signal.SIGHUP)
 
     def _tell(self, sig: int) -> None:
@@ -193,6 +262,10 @@ class Supervisor:
         if self.scheduler is not None:
             self.scheduler.stop()
         clear_run_state(self.built.cfg.state_dir, os.getpid())
+        if self.web is not None:
+            self.web.stop()
+        if self.capture is not None:
+            self.capture.stop()  # before waitpid(-1) below could reap it
         self._tell(signal.SIGTERM)
         deadline = time.monotonic() + _STOP_GRACE
         while self.pids and time.monotonic() < deadline:
@@ -207,5 +280,9 @@ class Supervisor:
         for pid in list(self.pids):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+        try:
+            self._observe(time.time(), final=True)  # the workers' last counts
+        except Exception:
+            log.exception("counters report failed")
         log.info("stopped")
         return 0

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRSTBOOT = ROOT / "image" / "files" / "usr" / "lib" / "schoolgate" / "firstboot"
@@ -44,6 +46,7 @@ def tree(tmp_path: Path):
     def run() -> dict:
         rc = fb.main(["--test", "--boot", str(boot), "--state", str(state), "--template", str(template),
                       "--run", str(tmp_path / "run"), "--network-run", str(tmp_path / "network"),
+                      "--systemd-run", str(tmp_path / "systemd"),
                       "--schoolgate", f"{sys.executable} -m appliance.cli"])
         assert rc == 0
         return json.loads((state / "config-status.json").read_text())
@@ -52,28 +55,69 @@ def tree(tmp_path: Path):
 
 
 def test_password_hash_roundtrip() -> None:
-    h = fb.hash_password("correct horse", salt="fixedsalt")
-    assert h.startswith(f"scrypt:{fb.SCRYPT_N}:{fb.SCRYPT_R}:{fb.SCRYPT_P}$fixedsalt$")
+    h = fb.hash_password("correct horse", salt=b"fixed-salt-16byt")
+    assert h.startswith(f"scrypt${fb.SCRYPT_N}${fb.SCRYPT_R}${fb.SCRYPT_P}$Zml4ZWQtc2FsdC0xNmJ5dA$")
+    assert "=" not in h  # base64 without padding, as the web page writes it
     assert fb.verify_password("correct horse", h)
     assert not fb.verify_password("wrong", h)
     assert not fb.verify_password("correct horse", "md5$x$y")
+    assert not fb.verify_password("correct horse", "scrypt$32768$8$1$not*base64$AAAA")
+
+
+def test_password_hash_is_what_the_web_page_verifies() -> None:
+    # The hash written at first boot is checked at login by appliance/web/auth.py.
+    auth = pytest.importorskip("appliance.web.auth", reason="appliance/web/auth.py not in this checkout")
+    h = fb.hash_password("pass phrase for the web")
+    auth.parse_password_hash(h)
+    assert auth.verify_password("pass phrase for the web", h)
+    assert not auth.verify_password("pass phrase for the wrong", h)
+    # And the other way round: a hash from `schoolgate web hash-password` works here.
+    assert fb.verify_password("from the web helper", auth.hash_password("from the web helper"))
 
 
 def test_hash_in_text_keeps_every_other_line() -> None:
     text = 'a: 1\nweb:\n  listen: "0.0.0.0:80"\n  admin_password: "pw # not a comment"   # a comment\nz: 2\n'
-    new, what = fb.hash_in_text(text, salt="s")
+    new, what = fb.hash_in_text(text, salt=b"s" * 16)
     assert what == "hashed"
     assert "pw # not a comment" not in new
     old_lines, new_lines = text.splitlines(), new.splitlines()
     assert len(old_lines) == len(new_lines)
     assert [a == b for a, b in zip(old_lines, new_lines)] == [True, True, True, False, True]
-    assert new_lines[3].startswith('  admin_password_hash: "scrypt:') and new_lines[3].endswith("# a comment")
+    assert new_lines[3].startswith('  admin_password_hash: "scrypt$') and new_lines[3].endswith("# a comment")
     assert fb.verify_password("pw # not a comment", json.loads(new_lines[3].split(": ", 1)[1].split("   #")[0]))
     # No password, an empty one, and a file that does not parse (blanked, not guessed at).
     assert fb.hash_in_text("web: {listen: x}\n") == ("web: {listen: x}\n", "none")
     assert fb.hash_in_text('web:\n  admin_password: ""\n')[1] == "none"
     broken, what = fb.hash_in_text('web:\n  admin_password: "secret\n  listen: [\n')
     assert what == "wiped" and "secret" not in broken
+
+
+@pytest.mark.parametrize("text", [
+    'web:\n  admin_password_hash: "scrypt$old"\n  listen: "0.0.0.0:8080"\n  admin_password: "new-pw"\n',
+    'web:\n  admin_password: "new-pw"\n  admin_password_hash: "scrypt$old"\n',
+    'web: {admin_password_hash: "scrypt$old", admin_password: "new-pw", listen: "0.0.0.0:8080"}\n',
+    'web: {admin_password: "new-pw", admin_password_hash: "scrypt$old"}\n',
+])
+def test_new_password_replaces_the_old_hash(text: str) -> None:
+    new, what = fb.hash_in_text(text)
+    assert what == "hashed"
+    assert "new-pw" not in new and "scrypt$old" not in new and new.count("\n") == text.count("\n")
+    web = yaml.safe_load(new)["web"]
+    assert "admin_password" not in web and fb.verify_password("new-pw", web["admin_password_hash"])
+
+
+def test_for_service_leaves_out_an_empty_password() -> None:
+    block = 'web:\n  listen: "0.0.0.0:8080"\n  admin_password: ""   # type it here\nz: 1\n'
+    out = fb.for_service(block)
+    assert yaml.safe_load(out) == {"web": {"listen": "0.0.0.0:8080"}, "z": 1}
+    assert out.count("\n") == block.count("\n")  # line numbers in errors stay the admin's
+    assert yaml.safe_load(fb.for_service('web: {admin_password: "", listen: x}\n')) == {"web": {"listen": "x"}}
+    assert yaml.safe_load(fb.for_service('web: {listen: x, admin_password: ~}\n')) == {"web": {"listen": "x"}}
+    kept = 'web:\n  admin_password_hash: "scrypt$x"\n'
+    assert fb.for_service(kept) == kept
+    assert fb.for_service("web: [unclosed\n") == "web: [unclosed\n"
+    # The template's own config, as installed when the admin's file is unusable, is valid.
+    assert "admin_password" not in (yaml.safe_load(fb.for_service(TEMPLATE.read_text()))["web"])
 
 
 def test_valid_config_is_installed_and_the_password_wiped(tree) -> None:
@@ -110,7 +154,9 @@ def test_invalid_config_falls_back_and_reports(tree) -> None:
     assert "pw-in-a-bad-file" not in (boot / "schoolgate.yaml").read_text()  # wiped even so
     errors_txt = (boot / "schoolgate-errors.txt").read_text()
     assert "block_mode" in errors_txt
-    assert "admin_password" in (state / "config" / "schoolgate.yaml").read_text()  # the template
+    # The template, less its empty admin_password (no key the appliance knows).
+    installed = (state / "config" / "schoolgate.yaml").read_text()
+    assert "block_mode: nxdomain" in installed and 'admin_password: ""' not in installed
     # Fixed: applied, the errors file goes away.
     (boot / "schoolgate.yaml").write_text(TEMPLATE.read_text().replace("block_mode: nxdomain", "block_mode: refused"))
     st = run()
@@ -142,3 +188,43 @@ def test_resolv_conf_from_upstreams() -> None:
     own = fb.resolv_conf({"dns": {"upstreams": ["10.0.2.2:5399"], "listen": ["0.0.0.0:53"]}})
     assert "nameserver 127.0.0.1" in own
     assert "nameserver" not in fb.resolv_conf({"dns": {"upstreams": ["10.0.2.2:5399"], "listen": ["10.1.1.1:53"]}})
+
+
+def test_status_shows_the_boot_config_errors(tree) -> None:
+    """What the console banner and the status page show: `schoolgate status` reads the
+    outcome schoolgate-config wrote, errors with their line numbers."""
+    boot, state, _, run = tree
+    bad = TEMPLATE.read_text().replace("block_mode: nxdomain", "block_mode: sometimes")
+    (boot / "schoolgate.yaml").write_text(bad)
+    run()
+    line = next(i for i, t in enumerate(bad.splitlines(), 1) if "block_mode: sometimes" in t)
+    cfg = str(state / "config" / "schoolgate.yaml")
+    p = subprocess.run([sys.executable, "-m", "appliance.cli", "status", "--json", "--config", cfg],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    cc = json.loads(p.stdout)["config_check"]
+    assert cc["ok"] is False and cc["source"] == "default"
+    assert any(e.startswith(f"schoolgate.yaml:{line}:") and "block_mode" in e for e in cc["errors"]), cc
+    p = subprocess.run([sys.executable, "-m", "appliance.cli", "status", "--config", cfg],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert "ERRORS in schoolgate.yaml, using the SAFE DEFAULT" in p.stdout and f"schoolgate.yaml:{line}:" in p.stdout
+
+
+def test_flow_filter_capabilities_only_when_flows_are_on(tree) -> None:
+    boot, state, _, run = tree
+    dropin = Path(state).parent / "systemd" / fb.FLOWS_DROPIN
+    (boot / "schoolgate.yaml").write_text(TEMPLATE.read_text())
+    run()
+    assert not dropin.exists()  # DNS only: CAP_NET_BIND_SERVICE alone (the unit's own)
+    (boot / "schoolgate.yaml").write_text(TEMPLATE.read_text() + "flows:\n  enabled: true\n  interface: eth1\n")
+    st = run()
+    assert st["ok"] and st["source"] == "boot", st
+    text = dropin.read_text()
+    assert "AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN\n" in text and "RestrictAddressFamilies=AF_PACKET\n" in text
+    (boot / "schoolgate.yaml").write_text(TEMPLATE.read_text()
+                                          + "flows:\n  enabled: true\n  interface: eth1\n  mode: monitor\n")
+    run()
+    assert "CapabilityBoundingSet=CAP_NET_RAW\n" in dropin.read_text()  # monitor: no nftables
+    (boot / "schoolgate.yaml").write_text(TEMPLATE.read_text() + "flows:\n  enabled: false\n")
+    run()
+    assert not dropin.exists()

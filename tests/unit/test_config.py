@@ -28,7 +28,7 @@ def test_every_error_is_reported(tmp_path: Path) -> None:
         load_config(f)
     lines = str(info.value).splitlines()
     assert lines == [
-        f"{f}:1:1: unknown key 'colour' (known: bundle, dns, local, networks, policies, state_dir, updates, web)",
+        f"{f}:1:1: unknown key 'colour' (known: bundle, dns, flows, local, log, networks, no_bundle, policies, state_dir, timezone, updates, web)",
         f"{f}:2:9: bundle must be a path",
         f"{f}:4:20: local.block: bad character ' ': 'bad name'",
     ]
@@ -85,3 +85,14 @@ def test_bundle_path_resolves_the_current_pointer(tmp_path: Path) -> None:
     (tmp_path / "st" / "bundles" / "7-0123abcd").mkdir(parents=True)
     set_current(tmp_path / "st", "7-0123abcd")
     assert cfg.bundle_path() == tmp_path / "st" / "bundles" / "7-0123abcd"
+
+
+def test_no_bundle_mode_is_checked(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("no_bundle: refuse\n")
+    assert load_config(f).no_bundle == "refuse"
+    assert load_config(f, "{}\n").no_bundle == "embedded"  # the default: keep the embedded bundle
+    f.write_text("dns: {}\nno_bundle: open\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(f)
+    assert str(info.value) == f"{f}:2:12: no_bundle must be one of embedded, refuse, forward"

@@ -99,3 +99,79 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert got["errors"][0]["line"] == 2 and "unknown category 'nosuch'" in got["errors"][0]["message"]
     code, _, err = _check(str(tmp_path / "missing.yaml"))
     assert code == 2 and "file not found" in err
+
+
+def test_policy_schedule_safesearch_doh_keys(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("""\
+timezone: Europe/Paris
+policies:
+  students:
+    block: [gambling]
+    allow_doh: false
+    safesearch: {google: true, bing: true, duckduckgo: true, youtube: moderate}
+    schedule:
+      - {days: mon-fri, time: "08:00-16:00", block: [games]}
+      - days: [sat, sun]
+        time: "22:00-06:00"
+        block: [social]
+  staff: {block: [], safesearch: true, allow_doh: true}
+""")
+    cfg = load_config(f)
+    s = cfg.policies["students"]
+    assert cfg.timezone == "Europe/Paris" and s.safesearch.youtube == "moderate" and s.safesearch.bing
+    assert [(sorted(e.days), e.start, e.end, e.block) for e in s.schedule] == [
+        ([0, 1, 2, 3, 4], 480, 960, ("games",)), ([5, 6], 1320, 360, ("social",))]
+    assert cfg.policies["staff"].allow_doh and cfg.policies["staff"].safesearch.google
+    assert load_config(tmp_path / "x.yaml", "policies: {p: {block: []}}\n").timezone == "UTC"
+
+
+def test_policy_key_errors_with_position(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("""\
+timezone: Mars/Olympus
+policies:
+  students:
+    block: [gambling]
+    allow_doh: maybe
+    safesearch: {google: yes please, yahoo: true}
+    schedule:
+      - {days: mon-funday, time: "08:00-16:00", block: [games]}
+      - {days: mon, time: "8h-16h", block: [games]}
+      - {days: mon, time: "08:00-09:00", block: [games], colour: red}
+  staff:
+    block: []
+    safesearch: {youtube: extreme}
+    schedule: monday
+""")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(f)
+    lines = str(info.value).splitlines()
+    want = [f"{f}:1:11: unknown time zone 'Mars/Olympus'",
+            f"{f}:5:16: policies.students.allow_doh must be true or false",
+            f"{f}:6:38: policies.students.safesearch: unknown search engine 'yahoo'",
+            f"{f}:8:16: policies.students.schedule[0]: days: 'mon-funday' is not a day",
+            f"{f}:9:27: policies.students.schedule[1]: time '8h' is not HH:MM",
+            f"{f}:10:58: policies.students.schedule[2]: unknown key 'colour'",
+            f"{f}:13:27: policies.staff.safesearch.youtube: safesearch.youtube must be one of",
+            f"{f}:14:15: policies.staff.schedule must be a list"]
+    for w in want:
+        assert any(line.startswith(w) for line in lines), (w, lines)
+    assert len(lines) == len(want), lines
+
+
+def test_check_config_reports_schedule_categories(tmp_path: Path) -> None:
+    from tests.bundles import make_bundle
+
+    make_bundle(tmp_path / "bundle", 1)
+    f = tmp_path / "c.yaml"
+    f.write_text(f"""\
+bundle: {tmp_path}/bundle
+state_dir: {tmp_path}/state
+policies:
+  students:
+    block: [gambling]
+    schedule: [{{days: mon-fri, time: "08:00-16:00", block: [nonsense]}}]
+""")
+    code, out, err = _check(str(f))
+    assert code == 2 and "unknown category 'nonsense'" in err and f"{f}:5:12" in err

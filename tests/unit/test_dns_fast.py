@@ -426,3 +426,133 @@ def test_batch_limits() -> None:
     b = Batch(2)
     with pytest.raises(ValueError):
         b.run_packets([b"", b"", b""], ["", "", ""], None, (), (), np.zeros(1), 0.0)  # type: ignore[arg-type]
+
+
+# -- SafeSearch, temporary allows, schedules: names the kernel hands to Python -----------------
+
+SAFE = ["www.google.com", "WWW.Google.co.uk", "www.bing.com", "duckduckgo.com", "www.youtube.com",
+        "youtubei.googleapis.com", "m.youtube.com", "forcesafesearch.google.com", "google.com", "a.www.bing.com"]
+TEMP = ["casino.test", "www.casino.test", "x.y.casino.test", "local-block.test", "promo.casino.test"]
+
+
+def compiled_policies(matcher, temporary=(("www.casino.test", "students"), ("promo.casino.test", "*"),
+                                          ("local-block.test", "lab")), extra_block=()):
+    """The same networks as policies(), built the way the service builds them: SafeSearch
+    for students (YouTube moderate) and guest (strict, Google only), temporary allows,
+    ``extra_block`` as a schedule would add it for students."""
+    from filters.policy import PolicySpec, compile_policies
+    from filters.safesearch import SafeSearch
+
+    specs = [PolicySpec("default", ("gambling",), BlockAnswers("null")),
+             PolicySpec("staff", (), BlockAnswers("nxdomain")),
+             PolicySpec("students", ("gambling",) + tuple(extra_block),
+                        BlockAnswers("blockpage", 30, ("192.0.2.80", "2001:db8::80")),
+                        SafeSearch(True, True, True, "moderate")),
+             PolicySpec("lab", ("gambling",), BlockAnswers("refused")),
+             PolicySpec("guest", ("gambling",), BlockAnswers("blockpage", 5, ("192.0.2.81",)),
+                        SafeSearch(google=True, youtube="strict"))]
+    nets = NetworkTable([("127.0.0.3/32", "staff"), ("10.1.0.0/16", "students"), ("fd00:10::/48", "students"),
+                         ("10.1.9.0/24", "lab"), ("2001:db8::/32", "guest")], "default")
+    return compile_policies(matcher, ["local-block.test"], ["ok.ads.example"], specs, nets, temporary)
+
+
+class PolicyTwin(Twin):
+    def __init__(self, matcher, **kw) -> None:
+        full, ps = compiled_policies(matcher, **kw)
+        self.clock = Clock()
+
+        def pipe() -> Pipeline:
+            return Pipeline(full, ps, ArrayCache(64, 600, seed=5), clock=self.clock)
+
+        self.py, self.fast = pipe(), pipe()
+        self.tables = FastTables.build(ps, full)
+        self.batch = Batch(64)
+        self.names = full.catalog.names
+        self.kernel_answers = 0
+
+
+policy_query_st = st.builds(
+    _wire_query, name=st.sampled_from(SAFE + TEMP + BLOCKED[:3] + ALLOWED[:4]), qtype=st.sampled_from([1, 28, 65, 255]),
+    qid=st.integers(0, 0xFFFF), edns=st.sampled_from([0, 1232]), do=st.booleans(), version=st.just(0),
+    flags=st.just(0x01), case=st.integers(0, 3))
+
+
+@settings(max_examples=max(EXAMPLES // 3, 10), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=st.lists(st.lists(st.tuples(policy_query_st, st.sampled_from(CLIENTS)), min_size=1, max_size=40),
+                        min_size=1, max_size=4),
+       schedule_on=st.booleans())
+def test_fast_path_agrees_on_safesearch_temporary_and_scheduled_names(matcher, batches, schedule_on) -> None:
+    twin = PolicyTwin(matcher, extra_block=("local",) if schedule_on else ())
+    for batch in batches:
+        pkts, clients = [p for p, _ in batch], [c for _, c in batch]
+        twin.check(pkts, clients, upstream_answer)
+        twin.check(pkts, clients, upstream_answer)  # cache hits (endpoints' answers too)
+        twin.clock.t += 7
+    twin.check_counters()
+
+
+def test_safesearch_and_temporary_names_go_to_python(matcher) -> None:
+    twin = PolicyTwin(matcher)
+    students, staff, guest, lab = "10.1.2.3", "127.0.0.3", "2001:db8::1", "10.1.9.9"
+    cases = [("www.google.com", students, ACT_PYTHON), ("www.google.com", staff, "kernel"),
+             ("www.youtube.com", guest, ACT_PYTHON), ("www.bing.com", guest, "kernel"),
+             ("www.casino.test", students, ACT_PYTHON), ("casino.test", students, "kernel"),
+             ("promo.casino.test", staff, ACT_PYTHON), ("local-block.test", lab, ACT_PYTHON),
+             ("local-block.test", students, "kernel")]
+    for name, client, want in cases:  # forwarded once: the kernel answers cache hits
+        if want == "kernel":
+            twin.check([query(name)], [client], upstream_answer)
+    out = twin.batch.run_packets([query(n) for n, _, _ in cases], [c for _, c, _ in cases], twin.tables,
+                                 twin.fast.cache.arrays, _disabled(), twin.fast.counters.fast, twin.clock())
+    for (name, client, want), got in zip(cases, out):
+        if want == "kernel":
+            assert isinstance(got, bytes), (name, client, got)
+        else:
+            assert got == want, (name, client, got)
+    # The Python answers: a CNAME to the endpoint plus its address records; the allow wins.
+    fwd = twin.fast.handle(query("www.google.com"), students)
+    assert isinstance(fwd, Forward) and fwd.question == b"\x0fforcesafesearch\x06google\x03com\x00\x00\x01\x00\x01"
+    r = DNSRecord.parse(twin.fast.finish(fwd, upstream_answer(fwd)))
+    assert str(r.q.qname) == "www.google.com." and r.rr[0].rtype == 5
+    assert str(r.rr[0].rdata) == "forcesafesearch.google.com." and r.rr[0].ttl <= 300
+    assert [str(x.rdata) for x in r.rr[1:]] and all(str(x.rname) == "forcesafesearch.google.com." for x in r.rr[1:])
+    yt = DNSRecord.parse(twin.fast.finish(*(lambda f: (f, upstream_answer(f)))(twin.fast.handle(query("m.youtube.com"),
+                                                                                                 students))))
+    assert str(yt.rr[0].rdata) == "restrictmoderate.youtube.com."
+    assert isinstance(twin.fast.handle(query("www.casino.test"), students), Forward)  # temporarily allowed
+    assert DNSRecord.parse(twin.fast.handle(query("casino.test"), students)).rr  # still blocked (blockpage)
+
+
+def test_blocked_mask_output(matcher) -> None:
+    twin = Twin(matcher)
+    twin.check([query("innocent.example")], ["127.0.0.1"], upstream_answer)  # cached, CNAME to a casino
+    pkts = [query("casino.test"), query("example.org"), query("local-block.test"), query("innocent.example"),
+            query("casino.test")]
+    out = twin.batch.run_packets(pkts, ["127.0.0.1", "127.0.0.1", "127.0.0.1", "127.0.0.1", "127.0.0.3"],
+                                 twin.tables, twin.fast.cache.arrays, _disabled(), twin.fast.counters.fast,
+                                 twin.clock())
+    masks = [int(m) for m in twin.batch.blocked_mask[:5]]
+    gam = matcher.catalog.mask(["gambling"])
+    assert isinstance(out[0], bytes) and masks[0] == gam
+    assert masks[1] == 0 and masks[2] == 1 << 63 and masks[3] == gam  # local; CNAME target's categories
+    assert masks[4] == 0 and out[4] == ACT_PYTHON  # staff: not blocked, a cache miss
+
+
+def test_divert_bits_run_out(matcher) -> None:
+    """More distinct sets of names than free bits share the last bit; none free: all to Python."""
+    from filters.policy import DIVERT_ALL, assign_divert_bits
+
+    names = {f"p{i}": frozenset({f"n{i}.test"}) for i in range(4)}
+    masks, table = assign_divert_bits(names, [62, 61])
+    assert len(set(masks.values())) == 2 and table[1 << 61] >= {"n1.test", "n2.test", "n3.test"}
+    masks, table = assign_divert_bits(names | {"none": frozenset()}, [])
+    assert table == {} and masks["p0"] == DIVERT_ALL and masks["none"] == 0
+    full, ps = compiled_policies(matcher)
+    fast = FastTables.build(ps, full)
+    rules = dict(ps.rules)
+    rules["students"] = PolicyRule("students", (), rules["students"].mask, rules["students"].answers,
+                                   rules["students"].safesearch, rules["students"].temp_allowed, DIVERT_ALL)
+    fast = FastTables.build(PolicySet(rules, ps.networks), full)
+    out = Batch(2).run_packets([query("example.org"), query("example.org")], ["10.1.2.3", "127.0.0.1"], fast,
+                               ArrayCache(4, 1).arrays, _disabled(), np.zeros(80, dtype=np.int64), 0.0)
+    assert out[0] == ACT_PYTHON and out[1] == ACT_PYTHON  # students: everything; default: a cache miss

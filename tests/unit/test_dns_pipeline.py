@@ -162,3 +162,38 @@ def test_fuzz_never_raises(matcher) -> None:
         for buf in [seed, *mutations(seed, rng, 40)]:
             p.handle(buf, "127.0.0.1")
     assert p.counters.internal_errors == 0
+
+
+def test_query_log_all_mode_through_the_pipeline(matcher, tmp_path) -> None:
+    """Every way a query ends is logged once with `queries: all`: blocked, by CNAME,
+    upstream, cache, stale, SERVFAIL (appliance/querylog.py)."""
+    import json
+
+    from appliance.config_log import LogConfig
+    from appliance.querylog import ClientPrivacy, QueryLog
+    from appliance.stats import SharedStats
+
+    clock = Clock()
+    p = _pipeline(matcher, clock)
+    stats = SharedStats.create(3)
+    priv = ClientPrivacy(tmp_path, "ip")
+    p.qlog = QueryLog(tmp_path, LogConfig(queries="all", clients="ip"), priv, stats.slot(0),
+                      clock=lambda: 1_800_000_000.0)
+    p.handle(query("www.casino.test"), "127.0.0.9")
+    fwd = p.handle(query("innocent.example.org", qid=5), "127.0.0.9")
+    p.finish(fwd, _upstream_answer(fwd, [RR("innocent.example.org", QTYPE.CNAME, rdata=CNAME("casino.test"),
+                                            ttl=60), RR("casino.test", QTYPE.A, rdata=A("192.0.2.1"), ttl=60)]))
+    fwd = p.handle(query("Www.Example.org", qid=6), "127.0.0.9")
+    p.finish(fwd, _upstream_answer(fwd, [RR("www.example.org", QTYPE.A, rdata=A("192.0.2.10"), ttl=100)]))
+    p.handle(query("www.example.org", qid=7), "127.0.0.9")
+    clock.t += 200
+    p.finish(p.handle(query("www.example.org", qid=8), "127.0.0.9"), None)
+    p.finish(p.handle(query("nothing.example.org", qid=9), "127.0.0.9"), None)
+    p.qlog.flush()
+    got = [json.loads(x) for f in (tmp_path / "logs").glob("queries-*.jsonl") for x in f.read_text().splitlines()]
+    assert [(g["name"], g["action"], g.get("answer")) for g in got] == [
+        ("www.casino.test", "block", None), ("innocent.example.org", "block", "cname"),
+        ("www.example.org", "allow", "upstream"), ("www.example.org", "allow", "cache"),
+        ("www.example.org", "allow", "stale"), ("nothing.example.org", "allow", "servfail")]
+    assert {g["client"] for g in got} == {"127.0.0.9"} and got[0]["categories"] == ["gambling"]
+    assert stats.top_blocked() == [("innocent.example.org", 1), ("www.casino.test", 1)]

@@ -104,10 +104,14 @@ def test_dns_kernel_tests_pass_without_jit(tmp_path: Path) -> None:
         pytest.skip("coverage is not installed: kernel line coverage not measured")
     out = tmp_path / "coverage.json"
     rep = subprocess.run([sys.executable, "-m", "coverage", "json", "-q", "-o", str(out),
-                          "--include=*/filters/_dns_kernels.py"], cwd=ROOT, env=env, capture_output=True,
+                          "--include=*/filters/_dns_kernel*.py"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=120)
     assert rep.returncode == 0, rep.stdout + rep.stderr
-    (name, data), = json.loads(out.read_text())["files"].items()
-    pct = data["summary"]["percent_covered"]
-    print(f"line coverage of {name} without the JIT: {pct:.1f}% (missing lines {data['missing_lines']})")
-    assert pct >= MIN_DNS_KERNEL_COVERAGE, (pct, data["missing_lines"])
+    files = json.loads(out.read_text())["files"]  # the batch module and its parts
+    assert len(files) >= 6, sorted(files)
+    covered = sum(d["summary"]["covered_lines"] for d in files.values())
+    statements = sum(d["summary"]["num_statements"] for d in files.values())
+    pct = 100.0 * covered / statements
+    missing = {name: d["missing_lines"] for name, d in files.items() if d["missing_lines"]}
+    print(f"line coverage of the DNS kernels without the JIT: {pct:.1f}% (missing lines {missing})")
+    assert pct >= MIN_DNS_KERNEL_COVERAGE, (pct, missing)

@@ -117,6 +117,27 @@ def test_check_now_and_stop(tmp_path: Path) -> None:
     assert rig.children[0].signals == ["TERM"] and rig.s.child is None
 
 
+def test_check_now_during_a_check_runs_another_after_it(tmp_path: Path) -> None:
+    """An "update now" (SIGUSR2) while a check runs is not lost when that check ends: the
+    publisher may have published after the running check read the repository."""
+    write_update_state(tmp_path, rec(3000))
+    rig = Rig(tmp_path)
+    rig.s.check_now()
+    rig.s.poll()
+    assert len(rig.children) == 1
+    rig.s.check_now()  # arrives while the first check is still running
+    rig.s.poll()
+    assert len(rig.children) == 1  # never two at once
+    write_update_state(tmp_path, rec(3500, last_result="up-to-date"))
+    rig.children[0].code = 0
+    rig.s.poll()  # the first ends, and the second starts at once
+    assert len(rig.children) == 2
+    rig.children[1].code = 0
+    write_update_state(tmp_path, rec(3400, last_result="up-to-date"))
+    rig.s.poll()
+    assert rig.s.due == rig.t + 3400  # then back to the schedule
+
+
 def test_a_run_that_recorded_nothing_waits_one_interval(tmp_path: Path, caplog) -> None:
     write_update_state(tmp_path, rec(10, last_result="up-to-date"))
     rig = Rig(tmp_path, have_signed_bundle=False)

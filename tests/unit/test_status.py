@@ -130,3 +130,43 @@ def test_lookup_says_when_answers_come_from_the_demo(site: Path, monkeypatch) ->
     monkeypatch.setenv("XDG_STATE_HOME", str(site.parent / "xdg"))
     code, _, err = run("lookup", "x.test")
     assert code == 2 and "run `schoolgate run` once" in err
+
+
+def test_dns_counters_from_counters_json(tmp_path: Path) -> None:
+    """The "dns" section: what the running appliance last wrote to counters.json, with the
+    query log's state (degraded when a write failed within the last minute)."""
+    import errno as errno_mod
+
+    from appliance.querylog import ClientPrivacy
+    from appliance.stats import SharedStats
+
+    cfg_file = tmp_path / "sg.yaml"
+    cfg_file.write_text("state_dir: state\nlog: {clients: none}\n")
+    cfg = load_config(cfg_file)
+    assert status_mod.collect_status(cfg)["dns"] is None  # never ran
+    stats = SharedStats.create(3)
+    stats.privacy = ClientPrivacy(cfg.state_dir, "none")
+    s = stats.slot(0)
+    s.add("queries", 12)
+    s.count_blocked(1)
+    s.record_event("dns", "casino.test", 1, "default", "10.0.0.1", "block")
+    s.add("log_errors", 4)
+    s.set("log_last_errno", errno_mod.ENOSPC)
+    cfg.state_dir.mkdir()
+    status_mod.write_counters(cfg.state_dir, stats, lambda m: ["gambling"] if m & 1 else [], "2026-11-24T00:00:00Z")
+    s.set("log_last_error_ts", int(datetime.now(timezone.utc).timestamp()))
+    st = status_mod.collect_status(cfg)["dns"]
+    assert st["queries"] == 12 and st["blocked"] == 1 and st["blocked_by_category"] == {"gambling": 1}
+    assert st["top_blocked"] == [["casino.test", 1]] and st["since"] == "2026-11-24T00:00:00Z"
+    assert st["query_log"]["errors"] == 4 and st["query_log"]["degraded"] is None  # no error time yet
+    assert st["query_log"]["clients"] == "none" and not st["live"]
+    status_mod.write_counters(cfg.state_dir, stats, lambda m: ["gambling"], "2026-11-24T00:00:00Z")
+    st = status_mod.collect_status(cfg)
+    assert "ENOSPC" in st["dns"]["query_log"]["degraded"]
+    text = fields(status_mod.format_status(st))
+    assert text["dns"].startswith("12 queries, 1 blocked (gambling 1)")
+    assert "DEGRADED: ENOSPC" in text["query log"]
+    # A new run carries the counts over.
+    again = SharedStats.create(3)
+    assert status_mod.seed_counters(cfg.state_dir, again) == "2026-11-24T00:00:00Z"
+    assert again.totals(lambda m: ["gambling"])["queries"] == 12

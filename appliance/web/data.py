@@ -1,0 +1,182 @@
+"""What the status page, /api/status and /metrics show: one record, gathered here.
+
+Sources: ``appliance.status.collect_status`` (run.json, update state, the bundle's
+manifest), the shared counters (``appliance.stats.SharedStats``, inherited from the owner
+process; absent -> counters read as unavailable, the rest still shows), ``flows-state.json``
+(the capture process), the config (policies, networks), temporary allows, and the board
+(disk, memory, CPU temperature, load, uptime from /proc and /sys under an injectable root).
+The record's shape is documented in README ("Web status page and API").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from appliance.config import Config
+from appliance.status import collect_status
+
+__all__ = ["FLOWS_FILE", "read_flows_state", "system_health", "bundle_details", "collect",
+           "software_version", "parse_time", "EMPTY_TOTALS"]
+
+FLOWS_FILE = "flows-state.json"
+EMPTY_TOTALS = {"queries": 0, "blocked": 0, "cache_hits": 0, "forwarded": 0, "rate_limited": 0,
+                "servfail": 0, "upstream_errors": 0, "blocked_by_category": {},
+                "flows": {"seen": 0, "blocked": 0, "reset": 0, "by_proto": {}}, "upstream_latency_ms": {}}
+
+
+def software_version() -> str:
+    try:
+        return metadata.version("schoolgate")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def parse_time(text: object) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def read_flows_state(state_dir: Path) -> dict | None:
+    try:
+        data = json.loads((Path(state_dir) / FLOWS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+
+
+def system_health(state_dir: Path, root: Path = Path("/")) -> dict:
+    """Disk (of the state dir), memory, CPU temperature (None without a sensor), load, uptime."""
+    out: dict = {"disk": None, "memory": None, "cpu_temp_c": None, "load": None, "uptime_s": None}
+    try:
+        du = shutil.disk_usage(state_dir if Path(state_dir).exists() else "/")
+        out["disk"] = {"total": du.total, "free": du.free, "used_pct": round(100 * du.used / du.total, 1)
+                       if du.total else None}
+    except OSError:
+        pass
+    mem = _read(root / "proc/meminfo")
+    if mem:
+        vals = {}
+        for line in mem.splitlines():
+            k, _, rest = line.partition(":")
+            if k in ("MemTotal", "MemAvailable") and rest.split():
+                vals[k] = int(rest.split()[0]) * 1024
+        if "MemTotal" in vals:
+            out["memory"] = {"total": vals["MemTotal"], "available": vals.get("MemAvailable")}
+    zones = sorted((root / "sys/class/thermal").glob("thermal_zone*")) if (root / "sys/class/thermal").is_dir() else []
+    for z in zones:  # the first zone that reads: on a Pi, cpu-thermal is thermal_zone0
+        t = _read(z / "temp")
+        if t and t.strip().lstrip("-").isdigit():
+            out["cpu_temp_c"] = round(int(t.strip()) / 1000, 1)
+            break
+    up = _read(root / "proc/uptime")
+    if up and up.split():
+        try:
+            out["uptime_s"] = int(float(up.split()[0]))
+        except ValueError:
+            pass
+    try:
+        out["load"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return out
+
+
+def bundle_details(bundle, how: str, now: datetime) -> dict:
+    """Version, dates, age and per-category entry counts from a bundle's manifest."""
+    m = bundle.manifest
+    created, expires = parse_time(m.get("created")), parse_time(m.get("expires"))
+    per: dict[str, int] = {}
+    for s in m.get("sources") or []:
+        if isinstance(s, dict) and not s.get("allow") and isinstance(s.get("category"), str):
+            per[s["category"]] = per.get(s["category"], 0) + int(s.get("entries") or 0)
+    return {"version": bundle.version, "demo": bool(bundle.demo), "how": how, "path": str(bundle.path),
+            "created": m.get("created"), "expires": m.get("expires"),
+            "age_s": int((now - created).total_seconds()) if created else None,
+            "expires_in_s": int((expires - now).total_seconds()) if expires else None,
+            "domains": (m.get("counts") or {}).get("domains"),
+            "categories": per}
+
+
+def _policies(cfg: Config, built) -> list[dict]:
+    nets: dict[str, list[str]] = {}
+    for n in cfg.networks:
+        nets.setdefault(n.policy, []).append(f"{n.name} ({', '.join(n.cidrs)})")
+    rules = built.policies.rules if built is not None else {}
+    names = list(dict.fromkeys(list(cfg.policies) + list(rules)))
+    out = []
+    for name in names:
+        p = cfg.policies.get(name)
+        r = rules.get(name)
+        block = list(p.block) if p else list(r.categories) if r else []
+        mode = (p.block_mode if p and p.block_mode else cfg.dns.block_mode)
+        out.append({"name": name, "block": block, "block_mode": mode,
+                    "networks": nets.get(name, ["every other client"] if name == "default" else [])})
+    return out
+
+
+def _qps(history: list[dict]) -> float | None:
+    """Queries per second over the last complete minute of the history."""
+    if len(history) < 2:
+        return None
+    last = sorted(history, key=lambda h: h.get("t", 0))[-2]
+    return round(float(last.get("queries", 0)) / 60.0, 2)
+
+
+def collect(cfg: Config, built, stats, now: datetime, temporary: list | None = None,
+            root: Path = Path("/")) -> dict:
+    """The /api/status record (see README for the shape)."""
+    st = collect_status(cfg)
+    totals = None
+    history: list[dict] = []
+    top: list = []
+    if stats is not None:
+        names = built.bundle.catalog.names if built is not None else (lambda m: [])
+        try:
+            totals = stats.totals(names)
+            history = stats.history()
+            top = stats.top_blocked(20)
+        except Exception:  # the counters are a report: a bad read must not take the page down
+            totals = None
+    t = dict(EMPTY_TOTALS, **(totals or {}))
+    q = int(t.get("queries") or 0)
+    dns = {k: t.get(k) for k in ("queries", "blocked", "cache_hits", "forwarded", "rate_limited",
+                                 "servfail", "upstream_errors", "blocked_by_category", "upstream_latency_ms")}
+    dns.update(cache_hit_ratio=round(int(t.get("cache_hits") or 0) / q, 4) if q else None, qps=_qps(history),
+               counters_available=totals is not None, workers=st.get("workers"),
+               listen=[f"{h}:{p}" for h, p in cfg.dns.listen],
+               upstreams=[f"{h}:{p}" for h, p in cfg.dns.upstreams], block_mode=cfg.dns.block_mode)
+    started = parse_time(st.get("started"))
+    flows = read_flows_state(cfg.state_dir)
+    return {
+        "version": software_version(),
+        "time": now.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "appliance": {"running": st["running"], "pid": st["pid"], "started": st["started"],
+                      "uptime_s": int((now - started).total_seconds()) if started and st["running"] else None,
+                      "config": st["config"], "state_dir": st["state_dir"]},
+        "bundle": bundle_details(built.bundle, built.how, now) if built is not None else st.get("bundle"),
+        "updates": st["updates"],
+        "dns": dns,
+        "flows": {"state": flows, "counters": t.get("flows")},
+        "system": system_health(cfg.state_dir, root),
+        "history": history,
+        "top_blocked": [[str(n), int(c)] for n, c in top],
+        "policies": _policies(cfg, built),
+        "temporary_allows": temporary or [],
+    }
