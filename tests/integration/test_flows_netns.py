@@ -312,7 +312,10 @@ def test_split_client_hello(lab, capture) -> None:
     """A ClientHello in several segments: nflog reads and resets it; bpf cannot (its
     filter passes only the first segment) — the gap nflog closes."""
     pcap = lab["tmp"] / f"split-{capture}.pcap"
-    dump = lab["gw"].popen(["tcpdump", "-i", lab["lan"], "-U", "-w", str(pcap), "tcp port 443 and host " + SPLIT_IP],
+    # --immediate-mode: packets reach the file as they come, not when a buffer block fills
+    # (a loaded machine may otherwise stop tcpdump with every packet still in its ring).
+    dump = lab["gw"].popen(["tcpdump", "-i", lab["lan"], "--immediate-mode", "-U", "-w", str(pcap),
+                            "tcp port 443 and host " + SPLIT_IP],
                            stderr=subprocess.PIPE)
     p, state = _start(lab, f"split-{capture}", capture=capture)
     try:
@@ -330,6 +333,8 @@ def test_split_client_hello(lab, capture) -> None:
         else:
             assert bad.returncode == 0 and bad.stdout == "served\n", (bad.returncode, bad.stderr)
             assert _flows_state(state).get("counters", {}).get("seen", 0) == 0
+        # Both hellos, several segments each, are on file before tcpdump is stopped.
+        wait_for(lambda: pcap.stat().st_size > 3000, 10, "tcpdump to write the hellos")
     finally:
         lab["gw"].stop(p)
         lab["gw"].stop(dump, signal.SIGINT)
