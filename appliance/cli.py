@@ -98,7 +98,6 @@ def _policy_mask(catalog, args: argparse.Namespace) -> int:
 def _open_matcher(args: argparse.Namespace, err: TextIO):
     """The matcher of --bundle, else of the bundle the config (or, with neither, the default
     `schoolgate run`) serves: its own, the active signed one, else an installed demo."""
-    from appliance.embedded import resolve_bundle
     from signatures.bundle import open_bundle
 
     if args.bundle:
@@ -106,6 +105,7 @@ def _open_matcher(args: argparse.Namespace, err: TextIO):
     else:
         from appliance.config import load_config
         from appliance.dns.service import load_run_config
+        from appliance.embedded import resolve_bundle
 
         cfg = load_config(args.config) if args.config else load_run_config(None)
         found = resolve_bundle(cfg)
@@ -241,6 +241,20 @@ def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return cmd_status(args, out, err)
 
 
+# `run` and `check-config` import the config schema (YAML) when used, not at every
+# start-up: `inspect` and `lookup` with --bundle need neither.
+def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from appliance.run import cmd_run
+
+    return cmd_run(args, out, err)
+
+
+def _cmd_check_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from appliance.run import cmd_check_config
+
+    return cmd_check_config(args, out, err)
+
+
 def cmd_lookup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from filters.errors import BadNameError
 
@@ -349,16 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_web(sub)  # schoolgate web hash-password (appliance/web/cli.py)
 
-    from appliance.run import cmd_check_config, cmd_run
-
     rn = sub.add_parser("run", help="run the appliance (DNS service); no --config: embedded defaults")
     rn.add_argument("--config", help="config file (default: config/default.yaml, per-user state dir)")
     rn.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    rn.set_defaults(func=cmd_run)
+    rn.set_defaults(func=_cmd_run)
     cc = sub.add_parser("check-config", help="validate a config: exit 0, or 2 with every error")
     cc.add_argument("path", help="config file")
     cc.add_argument("--json", action="store_true")
-    cc.set_defaults(func=cmd_check_config)
+    cc.set_defaults(func=_cmd_check_config)
     return p
 
 

@@ -7,7 +7,9 @@ The capture is memory-mapped and walked by numba kernels (appliance/_pcap_kernel
 that hand Python only the frames that can reveal a name (filters/_select_kernels.py): the
 same selection the live capture makes in the kernel. Those frames go through the pure flow
 table (filters/flow_table.py), whose extractors never raise on bad packets; malformed and
-skipped frames are counted and summarised. ``prefilter=False`` feeds every frame to the flow
+skipped frames are counted and summarised. A DNS message over UDP whose single question is
+plainly written (most of them) has its name read by the selection kernel too, and only the
+table's duplicate check runs in Python. ``prefilter=False`` feeds every frame to the flow
 table instead (the reference path the tests compare the fast one with).
 """
 
@@ -29,29 +31,24 @@ from filters.flow_table import FlowTable, Found
 from filters.names import normalise_domain
 from filters.packet import Packet
 
-__all__ = ["CHUNK", "iter_frames", "packet_from_fields", "inspect_capture", "Verdicts", "cmd_inspect"]
+__all__ = ["CHUNK", "packet_from_fields", "inspect_capture", "Verdicts", "cmd_inspect"]
 
-# Frames walked per kernel call: 64 Ki frames keep the per-chunk arrays (~2.5 MB) in cache
-# and amortise the call overhead (~10 µs) to nothing.
-CHUNK = 1 << 16
+# Frames walked per kernel call. 4 Ki frames (~2 MB of a typical capture) are still in the
+# CPU cache when the selection kernel and then Python read them after the walk; with 64 Ki
+# (~30 MB) each pass fetched every frame from memory again: 0.27 s of kernel time per 1 M
+# frames against 0.12 s (benchmarks/bench_inspect.py's capture). The ~20 µs per call of
+# overhead stays below 5 ms per million frames.
+CHUNK = 1 << 12
 _SKIP_REASONS = {  # kernel drop counters, named like the pure path's (filters/packet.py)
     0: "skipped: not IPv4 or IPv6", 1: "skipped: neither TCP nor UDP",
     2: "skipped: IPsec ESP: payload encrypted",
 }
 
 
-def iter_frames(cap: CaptureFile, stats: Counter,
-                prefilter: bool = True) -> Iterator[tuple[float, int, bytes | Packet]]:
-    """(timestamp, link type, frame) of every frame, or with ``prefilter`` only of those
-    that can reveal a name; ``stats`` gets the frame count and what was dropped. With
-    ``prefilter``, a frame whose headers the kernel read comes as the Packet that
-    packet.decode would make of it (tested), which saves Python decoding it again."""
-    if not prefilter:
-        for item in cap.frames():
-            stats["frames"] += 1
-            yield item
-        stats.update(cap.stats)
-        return
+def _selected(cap: CaptureFile, stats: Counter) -> Iterator[tuple[list, list, list, list, list, bytes]]:
+    """Per kernel call, the frames that can reveal a name: their timestamps, offsets,
+    captured lengths, link types and ``fields`` rows (filters/_select_kernels.py), and the
+    DNS names the kernel read; ``stats`` gets the frame count and what was dropped."""
     from appliance import _pcap_kernels as PK
     from filters import _select_kernels as SK
 
@@ -64,6 +61,7 @@ def iter_frames(cap: CaptureFile, stats: Counter,
     link = np.zeros(CHUNK, np.int64)
     out = np.zeros(CHUNK, np.uint8)
     fields = np.zeros((CHUNK, SK.N_FIELDS), np.int64)
+    names = np.zeros(CHUNK * SK.NAME_ROOM, np.uint8)
     counts = np.zeros(SK.N_COUNTS, np.int64)
     bad = np.zeros(1, np.int64)
     keys, state, base, limit = SK.new_table()
@@ -88,7 +86,8 @@ def iter_frames(cap: CaptureFile, stats: Counter,
         else:
             k, pos, status = PK.frame_pcapng(buf, pos, pstate, off, caplen, tfrac, iface, link, bad)
         stats["frames"] += k
-        SK.select_frames(buf, off, caplen, link, k, seed, keys, state, base, limit, out, counts, fields)
+        _, used = SK.select_frames(buf, off, caplen, link, k, seed, keys, state, base, limit, out, counts,
+                                   fields, names)
         sel = np.flatnonzero(out[:k])
         if cap.format == "pcap":
             ts = tsec[sel] + tfrac[sel] * unit
@@ -98,12 +97,8 @@ def iter_frames(cap: CaptureFile, stats: Counter,
             tick = np.array([pcapng_tick(r) for _, r, _ in ifs])[iface[sel]]
             tsoff = np.array([o for _, _, o in ifs], dtype=np.int64)[iface[sel]]
             ts = np.where(tfrac[sel] < 0, 0.0, tsoff + tfrac[sel] * tick)
-        for t, o, n, lt, (l3, ver, proto, sport, dport, flags, seq, pay, end) in zip(
-                ts.tolist(), off[sel].tolist(), caplen[sel].tolist(), link[sel].tolist(), fields[sel].tolist()):
-            if l3 < 0:
-                yield t, lt, mm[o:o + n]  # not read by the kernel: Python decodes it
-            else:
-                yield t, lt, packet_from_fields(mm, l3, ver, proto, sport, dport, flags, seq, pay, end)
+        yield (ts.tolist(), off[sel].tolist(), caplen[sel].tolist(), link[sel].tolist(), fields[sel].tolist(),
+               names[:used].tobytes())
     if status == PK.ST_TRUNCATED:
         stats["truncated last record" if cap.format == "pcap" else "truncated last block"] += 1
     elif status == PK.ST_CORRUPT:
@@ -124,17 +119,42 @@ def packet_from_fields(mm, l3: int, ver: int, proto: int, sport: int, dport: int
     return Packet(mm[l3 + 8:l3 + 24], mm[l3 + 24:l3 + 40], proto, sport, dport, mm[pay:end], flags, seq)
 
 
+def _fast(cap: CaptureFile, table: FlowTable, stats: Counter) -> Iterator[Found]:
+    """The names of the frames the kernels select, fed to ``table`` as decoded Packets (or
+    as frames where the kernel left decoding to Python); a DNS question the kernel read
+    skips the Packet and the extractor and goes straight to the table's DNS reporting."""
+    mm = cap.buffer
+    dns = table.udp_dns_name
+    for ts, offs, lens, links, rows, names in _selected(cap, stats):
+        for t, o, n, lt, (l3, ver, proto, sport, dport, flags, seq, pay, end, qname, qlen) in zip(
+                ts, offs, lens, links, rows):
+            if l3 < 0:  # not read by the kernel: Python decodes it
+                yield from table.frame(t, lt, mm[o:o + n])
+            elif qname >= 0:
+                if ver == 4:
+                    f = dns(t, mm[l3 + 12:l3 + 16], sport, mm[l3 + 16:l3 + 20], dport, names[qname:qname + qlen])
+                else:
+                    f = dns(t, mm[l3 + 8:l3 + 24], sport, mm[l3 + 24:l3 + 40], dport, names[qname:qname + qlen])
+                if f is not None:
+                    yield f
+            else:
+                yield from table.packet(t, packet_from_fields(mm, l3, ver, proto, sport, dport, flags, seq, pay, end))
+
+
 def inspect_capture(path: str, prefilter: bool = True, table: FlowTable | None = None,
                     stats: Counter | None = None) -> Iterator[Found]:
-    """Every name found in the capture at ``path``, in capture order."""
+    """Every name found in the capture at ``path``, in capture order. ``prefilter=False``
+    feeds every frame to the flow table (the reference the fast path is tested against)."""
     table = table or FlowTable()
     stats = stats if stats is not None else Counter()
     with CaptureFile(path) as cap:
-        for ts, lt, frame in iter_frames(cap, stats, prefilter):
-            if type(frame) is Packet:
-                yield from table.packet(ts, frame)
-            else:
+        if prefilter:
+            yield from _fast(cap, table, stats)
+        else:
+            for ts, lt, frame in cap.frames():
+                stats["frames"] += 1
                 yield from table.frame(ts, lt, frame)
+            stats.update(cap.stats)
     frames = stats.get("frames", 0)
     stats.update({k: v for k, v in table.stats.items() if k != "frames"})
     stats["frames"] = frames
@@ -177,6 +197,7 @@ class Verdicts:
 # and formatting them is a visible share of the run. Bounded like every cache here.
 _MEMO_MAX = 65536
 _ip_memo: dict[bytes, str] = {}
+_BATCH = 4096  # output lines per write
 _second_memo: dict[int, str] = {}
 
 
@@ -212,29 +233,39 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     names = blocked = 0
     # The JSON after "proto" depends only on the name: made once per distinct name (a
     # capture repeats names a lot, and json.dumps per row was a tenth of the run).
-    tails: dict[bytes, str] = {}
-    write = out.write
-    for f in inspect_capture(args.pcap, prefilter=not args.all_frames, stats=stats):
-        verdict, cats, rule = verdicts(f.name)
-        names += 1
-        blocked += verdict == "block"
-        if args.json:
-            tail = tails.get(f.name)
-            if tail is None:
-                if len(tails) >= _MEMO_MAX:
-                    tails.clear()
-                tail = tails[f.name] = json.dumps({
-                    "name": f.name.decode("ascii", "backslashreplace"), "verdict": verdict,
-                    "categories": cats, "rule": rule})[1:-1]
-            flags = (', "ech": true' if f.ech else "") + (', "dot": true' if f.dot else "")
-            write(f'{{"ts": "{_iso(f.ts)}", "src": "{_ip(f.src)}", "sport": {f.sport}, "dst": "{_ip(f.dst)}", '
-                  f'"dport": {f.dport}, "proto": "{f.proto}", {tail}{flags}}}\n')
-        else:
-            name = f.name.decode("ascii", "backslashreplace")
-            flags = "".join(f" [{x}]" for x, on in (("ECH", f.ech), ("DoT", f.dot)) if on)
-            why = f" [{', '.join(cats)}] rule {rule}" if verdict == "block" else ""
-            print(f"{_iso(f.ts)} {_ip(f.src)}:{f.sport} -> {_ip(f.dst)}:{f.dport} {f.proto} {name}: "
-                  f"{verdict.upper() if verdict == 'block' else verdict}{why}{flags}", file=out)
+    tails: dict[bytes, tuple[str, bool]] = {}
+    # Lines are written in batches: one write per row was a visible share of the run.
+    lines: list[str] = []
+    try:
+        for f in inspect_capture(args.pcap, prefilter=not args.all_frames, stats=stats):
+            names += 1
+            if args.json:
+                hit = tails.get(f.name)
+                if hit is None:
+                    if len(tails) >= _MEMO_MAX:
+                        tails.clear()
+                    verdict, cats, rule = verdicts(f.name)
+                    hit = tails[f.name] = (json.dumps({
+                        "name": f.name.decode("ascii", "backslashreplace"), "verdict": verdict,
+                        "categories": cats, "rule": rule})[1:-1], verdict == "block")
+                tail, is_blocked = hit
+                blocked += is_blocked
+                flags = (', "ech": true' if f.ech else "") + (', "dot": true' if f.dot else "")
+                lines.append(f'{{"ts": "{_iso(f.ts)}", "src": "{_ip(f.src)}", "sport": {f.sport}, '
+                             f'"dst": "{_ip(f.dst)}", "dport": {f.dport}, "proto": "{f.proto}", {tail}{flags}}}\n')
+            else:
+                verdict, cats, rule = verdicts(f.name)
+                blocked += verdict == "block"
+                name = f.name.decode("ascii", "backslashreplace")
+                flags = "".join(f" [{x}]" for x, on in (("ECH", f.ech), ("DoT", f.dot)) if on)
+                why = f" [{', '.join(cats)}] rule {rule}" if verdict == "block" else ""
+                lines.append(f"{_iso(f.ts)} {_ip(f.src)}:{f.sport} -> {_ip(f.dst)}:{f.dport} {f.proto} {name}: "
+                             f"{verdict.upper() if verdict == 'block' else verdict}{why}{flags}\n")
+            if len(lines) >= _BATCH:
+                out.write("".join(lines))
+                lines.clear()
+    finally:  # what was found before an error is still written
+        out.write("".join(lines))
     secs = time.perf_counter() - t0
     frames = stats.pop("frames", 0)
     problems = {k: v for k, v in sorted(stats.items()) if not k.startswith("frames not read")}

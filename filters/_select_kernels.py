@@ -7,6 +7,8 @@ packet.decode does and keeps (``out[i] = 1``):
 - anything it does not fully understand — an unknown link type, a malformed or fragmented
   packet — so that Python counts it exactly as it would have;
 - UDP on a DNS port, and UDP datagrams that start with a QUIC Initial of a known version;
+  a DNS message with one plainly written question (most of them) has its name read here
+  (``dns_question``), so Python only looks the name up;
 - TCP SYNs (the flow table starts a connection's state there; SYN-ACKs it ignores) and
   TCP payload on a DNS port;
 - per TCP flow direction, decided by its first payload and by sequence number relative to
@@ -27,13 +29,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from filters.dns_wire import HEADER_LEN, MAX_LABEL, MAX_NAME_WIRE
 from filters.extract_http import MAX_HEAD, METHODS
 from filters.extract_tls import MAX_FIRST_FLIGHT
 from filters.packet import MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS
 
 __all__ = ["TABLE_BITS", "C_NOT_IP", "C_NOT_L4", "C_ESP", "C_NO_PAYLOAD", "C_UDP_OTHER",
            "C_TCP_OTHER", "C_TCP_LATER", "N_COUNTS", "F_L3", "F_VER", "F_PROTO", "F_SPORT",
-           "F_DPORT", "F_FLAGS", "F_SEQ", "F_PAY", "F_END", "N_FIELDS", "new_table", "select_frames"]
+           "F_DPORT", "F_FLAGS", "F_SEQ", "F_PAY", "F_END", "F_QNAME", "F_QLEN", "N_FIELDS", "NAME_ROOM",
+           "new_table", "dns_question", "select_frames"]
 
 # Flow directions remembered: 2^20 slots (8 + 1 + 16 octets each, ~26 MB) hold a busy
 # school link's concurrent flows many times over.
@@ -109,9 +113,46 @@ def _http_method(buf, p, n):
 
 
 # Columns of ``fields``: IP header offset (-1: not read here), IP version, transport
-# protocol, ports, TCP flags and sequence number, payload start and end offsets.
-F_L3, F_VER, F_PROTO, F_SPORT, F_DPORT, F_FLAGS, F_SEQ, F_PAY, F_END = range(9)
-N_FIELDS = 9
+# protocol, ports, TCP flags and sequence number, payload start and end offsets; for a UDP
+# DNS message read here, where its question name is in ``names`` and its length (else -1).
+F_L3, F_VER, F_PROTO, F_SPORT, F_DPORT, F_FLAGS, F_SEQ, F_PAY, F_END, F_QNAME, F_QLEN = range(11)
+N_FIELDS = 11
+# Octets of ``names`` per frame that guarantee room for every name: a dotted name is at
+# most MAX_NAME_WIRE - 1 octets.
+NAME_ROOM = MAX_NAME_WIRE
+
+
+@njit(cache=True)
+def dns_question(buf, p, n, names, at):
+    """The question name of the DNS message buf[p:n] when it has exactly one question and
+    that name is written without compression, non-empty and within limits — read as
+    extract_dns.message_names reads it (labels joined by dots, A-Z lower-cased, every
+    other octet kept) into names[at:]. Returns its length, or -1 for any other message:
+    Python reads those (with their reasons), and when ``names`` has no room left."""
+    if n - p < HEADER_LEN or buf[p + 4] != 0 or buf[p + 5] != 1:
+        return -1
+    start = p + HEADER_LEN
+    q = start
+    w = at
+    room = names.shape[0]
+    while q < n:
+        ln = np.int64(buf[q])
+        if ln == 0:
+            # The root, or no room for QTYPE and QCLASS: not the plain case.
+            if w == at or q + 5 > n:
+                return -1
+            return w - at
+        if ln > MAX_LABEL or q + 1 + ln > n or q + 2 + ln - start > MAX_NAME_WIRE or w + 1 + ln > room:
+            return -1  # a compression pointer, past the message or the name limit, no room
+        if w > at:
+            names[w] = 46  # "."
+            w += 1
+        for j in range(q + 1, q + 1 + ln):
+            c = buf[j]
+            names[w] = c + 32 if c >= 65 and c <= 90 else c
+            w += 1
+        q += 1 + ln
+    return -1
 
 
 @njit(cache=True, inline="always")
@@ -125,6 +166,7 @@ def _fill(fields, i, l3, version, proto, sport, dport, flags, seq, pay, end):
     fields[i, F_SEQ] = seq
     fields[i, F_PAY] = pay
     fields[i, F_END] = end
+    fields[i, F_QNAME] = -1
 
 
 @njit(cache=True, inline="always")
@@ -149,17 +191,21 @@ def _slot(keys, h):
 
 
 @njit(cache=True)
-def select_frames(buf, off, caplen, link, count, seed, keys, state, base, limit, out, counts, fields):
-    """Set out[i] for frames 0..count-1 that Python must see; returns how many. For a kept
-    frame whose headers were all read, ``fields[i]`` holds them (F_L3 >= 0): Python builds
-    the packet from them instead of decoding it again."""
+def select_frames(buf, off, caplen, link, count, seed, keys, state, base, limit, out, counts, fields, names):
+    """Set out[i] for frames 0..count-1 that Python must see; returns how many, and how
+    many octets of ``names`` hold names. For a kept frame whose headers were all read,
+    ``fields[i]`` holds them (F_L3 >= 0): Python builds the packet from them instead of
+    decoding it again. A UDP DNS message whose question dns_question reads gets its name
+    in ``names`` (F_QNAME >= 0; NAME_ROOM octets per frame make room for all)."""
     picked = 0
+    at = 0
     for i in range(count):
         p = off[i]
         n = p + caplen[i]
         lt = link[i]
         out[i] = 1  # the default: when in doubt, Python decides
         fields[i, F_L3] = -1
+        fields[i, F_QNAME] = -1
         version = 0
         if lt == 1:  # Ethernet and VLAN tags
             if n - p < 14:
@@ -299,7 +345,15 @@ def select_frames(buf, off, caplen, link, count, seed, keys, state, base, limit,
             if pend <= pay:
                 out[i] = 0
                 counts[C_NO_PAYLOAD] += 1
-            elif _is_dns_port(sport) or _is_dns_port(dport) or _quic_initial(buf, pay, pend):
+            elif _is_dns_port(sport) or _is_dns_port(dport):
+                picked += 1
+                _fill(fields, i, l3, version, 17, sport, dport, 0, 0, pay, pend)
+                ln = dns_question(buf, pay, pend, names, at)
+                if ln > 0:
+                    fields[i, F_QNAME] = at
+                    fields[i, F_QLEN] = ln
+                    at += ln
+            elif _quic_initial(buf, pay, pend):
                 picked += 1
                 _fill(fields, i, l3, version, 17, sport, dport, 0, 0, pay, pend)
             else:
@@ -395,4 +449,4 @@ def select_frames(buf, off, caplen, link, count, seed, keys, state, base, limit,
         else:
             out[i] = 0
             counts[C_TCP_LATER if st != _IGNORE else C_TCP_OTHER] += 1
-    return picked
+    return picked, at

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from filters.extraction import Extraction, Session, Status
 from filters.extractors import ExtractorSpec, is_dot, select
-from filters.packet import TCP, Drop, Packet, decode
+from filters.packet import TCP, UDP, Drop, Packet, decode
 from filters.tcp_stream import TcpStream
 
 __all__ = ["MAX_FLOWS", "MAX_DNS_REMEMBERED", "Found", "FlowTable"]
@@ -169,6 +169,18 @@ class FlowTable:
             flow.session = None  # drop its buffers; the marker stays
             flow.stream = None
         return self._report(ts, pkt, flow.spec, res)
+
+    def udp_dns_name(self, ts: float, src: bytes, sport: int, dst: bytes, dport: int, name: bytes) -> Found | None:
+        """What :meth:`packet` reports for a UDP datagram on a DNS port whose message has
+        the single question ``name`` (non-empty, as extract_dns.message_names reads it),
+        for a caller that has read the name already (the inspect fast path's kernel)."""
+        seen = self._dns_seen
+        if (dst, dport, src, sport, UDP, name) in seen:
+            return None
+        seen[(src, sport, dst, dport, UDP, name)] = None
+        if len(seen) > MAX_DNS_REMEMBERED:
+            seen.popitem(last=False)
+        return Found(ts, src, dst, sport, dport, "dns", name)
 
     def _report(self, ts: float, pkt: Packet, spec: ExtractorSpec, res: Extraction) -> list[Found]:
         # Reasons are counted (malformed messages, hellos without SNI); NONE only says a

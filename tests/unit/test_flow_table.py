@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+from filters.extract_dns import message_names
 from filters.flow_table import FlowTable
 from filters.packet import LINKTYPE_ETHERNET
 from tests.dnsdata import query
@@ -58,3 +59,29 @@ def test_bounded_table_and_counted_drops() -> None:
     assert len(t._flows) == 4 and t.stats["handshakes evicted before complete (flow table full)"] == 6
     t.frame(0.0, LINKTYPE_ETHERNET, b"\x00" * 10)
     assert t.stats["malformed: link header truncated"] == 1
+
+
+def test_udp_dns_name_reports_as_packet_does() -> None:
+    """The inspect fast path hands over names its kernel read; the table reports (and
+    deduplicates) them exactly as when it reads the datagram itself."""
+    from filters.packet import decode
+
+    q = query("seen.example")
+    r = bytearray(q)
+    r[2] |= 0x80
+    frames = [udp_frame(q, sport=5000, dport=53), udp_frame(bytes(r), src="10.0.0.1", dst="10.0.0.2",
+                                                           sport=53, dport=5000),
+              udp_frame(query("other.example"), sport=5000, dport=53)]
+    by_packet, by_name = FlowTable(), FlowTable()
+    for i, f in enumerate(frames):
+        pkt = decode(f, LINKTYPE_ETHERNET)
+        want = by_packet.packet(float(i), pkt)
+        got = by_name.udp_dns_name(float(i), pkt.src, pkt.sport, pkt.dst, pkt.dport,
+                                   message_names(pkt.payload).names[0])
+        assert ([got] if got else []) == want
+    # Shared memory of questions: a response the flow table read after the name was
+    # handed over is not reported again, and the other way round.
+    mixed = FlowTable()
+    pkt = decode(frames[0], LINKTYPE_ETHERNET)
+    assert mixed.udp_dns_name(0.0, pkt.src, pkt.sport, pkt.dst, pkt.dport, b"seen.example")
+    assert mixed.packet(1.0, decode(frames[1], LINKTYPE_ETHERNET)) == []

@@ -28,6 +28,7 @@ KERNEL_TEST_FILES = [
     "test_domain_matcher.py",
     "test_cidr_matcher.py",  # if present
     "test_keyword_scanner.py",  # if present
+    "test_select_kernels.py",  # the inspect fast path's DNS question reader
 ]
 NOJIT_EXAMPLES = 50
 # Line coverage of the domain kernels reached by the pure-Python run.
