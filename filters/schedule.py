@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from typing import Iterable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -136,13 +136,19 @@ def parse_entry(value: object) -> ScheduleEntry:
     return ScheduleEntry(parse_days(value["days"]), start, end, tuple(block))
 
 
-def load_zone(name: object) -> ZoneInfo:
+_UTC_NAMES = ("UTC", "Etc/UTC", "Z")
+
+
+def load_zone(name: object) -> tzinfo:
     """A time zone by IANA name (``Europe/Paris``); InputError when unknown."""
     if not isinstance(name, str) or not name:
         raise InputError("timezone must be an IANA zone name such as Europe/Paris or UTC")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
+        # UTC needs no database: a system without tzdata (a minimal image) still runs the default.
+        if name in _UTC_NAMES:
+            return timezone.utc
         raise InputError(f"unknown time zone {name!r} (an IANA name such as Europe/Paris)") from exc
 
 
@@ -156,7 +162,7 @@ def is_active(entry: ScheduleEntry, local: datetime) -> bool:
     return (day in entry.days and minute >= entry.start) or ((day - 1) % 7 in entry.days and minute < entry.end)
 
 
-def effective_blocks(policies: Mapping[str, tuple[Iterable[str], Iterable[ScheduleEntry]]], zone: ZoneInfo,
+def effective_blocks(policies: Mapping[str, tuple[Iterable[str], Iterable[ScheduleEntry]]], zone: tzinfo,
                      now: datetime) -> dict[str, tuple[str, ...]]:
     """Per policy, the categories blocked at ``now`` (an aware datetime; naive means UTC):
     the policy's own plus those of every schedule entry on. Sorted, without duplicates, so

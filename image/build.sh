@@ -194,16 +194,21 @@ debootstrap_root() {
     for e in "${excl[@]}"; do dpkgopts+=(--dpkgopt="$e"); done
     # /boot/firmware exists before the kernel's maintainer scripts run: raspi-firmware's
     # hooks copy kernel, initrd and device trees there.
+    # The initramfs is made once, by the kernel's postinst (every package is unpacked by
+    # then, and initramfs-tools' own dependencies configured); its dpkg trigger would make
+    # it all over again (update_initramfs=no until the end), ~10 min under qemu-user.
     # merged-usr hook: /usr is merged by mmdebstrap itself, not by the usrmerge package
     # (which would pull in perl, 40 MB the appliance never uses).
     mmdebstrap --mode=root --variant=apt --arch="$ARCH" \
         --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
         --include="$(IFS=,; echo "${common[*]} ${ARCH_PACKAGES[*]}" | tr ' ' ,)" \
         "${dpkgopts[@]}" \
-        --setup-hook='mkdir -p "$1/boot/firmware" "$1/etc/default"' \
+        --setup-hook='mkdir -p "$1/boot/firmware" "$1/etc/default" "$1/etc/initramfs-tools"' \
+        --setup-hook='printf "update_initramfs=no\nbackup_initramfs=no\n" > "$1/etc/initramfs-tools/update-initramfs.conf"' \
         "${ARCH_HOOKS[@]}" \
         --essential-hook='echo "schoolgate" > "$1/etc/hostname"' \
         --customize-hook='rm -f "$1/etc/resolv.conf"' \
+        --customize-hook='printf "update_initramfs=yes\nbackup_initramfs=no\n" > "$1/etc/initramfs-tools/update-initramfs.conf"' \
         "$SUITE" "$ROOTFS" \
         "deb $MIRROR $SUITE main non-free-firmware" \
         "deb $MIRROR $SUITE-updates main non-free-firmware" \

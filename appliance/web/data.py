@@ -179,4 +179,6 @@ def collect(cfg: Config, built, stats, now: datetime, temporary: list | None = N
         "top_blocked": [[str(n), int(c)] for n, c in top],
         "policies": _policies(cfg, built),
         "temporary_allows": temporary or [],
+        # The image's boot-time check of schoolgate.yaml from the boot partition (None elsewhere).
+        "config_check": st.get("config_check"),
     }

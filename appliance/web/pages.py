@@ -261,6 +261,11 @@ def status_page(rec: dict, now: datetime, admin: dict | None, flash: str | None,
     elif b.get("how") == "refusing":
         head += ("<p class=\"bad\"><strong>REFUSING EVERY QUERY</strong>: no bundle can be opened and the "
                  "config says <code>no_bundle: refuse</code>.</p>")
+    cc = rec.get("config_check")
+    if cc and not cc.get("ok"):
+        head += ("<p class=\"bad\"><strong>schoolgate.yaml on the boot partition was not taken</strong> "
+                 f"({e(cc.get('summary') or 'errors below')}); the appliance runs on safe defaults.</p><ul>"
+                 + "".join(f"<li><code>{e(x)}</code></li>" for x in cc.get("errors") or []) + "</ul>")
     if flash:
         head += f'<p class="flash" id="flash">{e(flash)}</p>'
     body = (head + (_admin(admin, rec) if admin else "") + "<div class=\"grid\">" + _health(rec)

@@ -224,7 +224,9 @@ def test_flow_filter_capabilities_only_when_flows_are_on(tree) -> None:
     (boot / "schoolgate.yaml").write_text(TEMPLATE.read_text()
                                           + "flows:\n  enabled: true\n  interface: eth1\n  mode: monitor\n")
     run()
-    assert "CapabilityBoundingSet=CAP_NET_RAW\n" in dropin.read_text()  # monitor: no nftables
+    assert "CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN\n" in dropin.read_text()  # nflog needs it
+    assert fb.flows_dropin({"flows": {"enabled": True, "mode": "monitor", "capture": "bpf"}}).count(
+        "=CAP_NET_RAW\n") == 2  # only watching, through an AF_PACKET socket: no nftables, no nflog
     (boot / "schoolgate.yaml").write_text(TEMPLATE.read_text() + "flows:\n  enabled: false\n")
     run()
     assert not dropin.exists()

@@ -82,3 +82,15 @@ def test_naive_now_is_utc_and_results_compare() -> None:
     a = effective_blocks(POLICIES, PARIS, datetime(2024, 4, 1, 6, 30))
     b = effective_blocks(POLICIES, PARIS, utc(2024, 4, 1, 6, 30))
     assert a == b and a["students"] == ("gambling", "games")
+
+
+def test_utc_needs_no_time_zone_database(monkeypatch) -> None:
+    import filters.schedule as sch
+
+    def missing(name):
+        raise sch.ZoneInfoNotFoundError(name)
+
+    monkeypatch.setattr(sch, "ZoneInfo", missing)  # a system without tzdata
+    assert sch.load_zone("UTC").utcoffset(None).total_seconds() == 0
+    with pytest.raises(InputError):
+        sch.load_zone("Europe/Paris")

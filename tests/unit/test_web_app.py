@@ -289,3 +289,15 @@ def test_capture_state_shown(app: WebApp) -> None:
                                  "updated": "2026-11-25T12:00:00Z"}))
     page = run(app, req("GET", "/")).body.decode()
     assert "via nflog" in page and "not read" not in page and "dropped by the kernel" not in page
+
+
+def test_boot_config_errors_shown_escaped(app: WebApp) -> None:
+    (app.cfg.state_dir / "config-status.json").write_text(json.dumps({
+        "ok": False, "time": "2026-11-25T12:00:00Z", "source": "/boot/firmware/schoolgate.yaml",
+        "summary": "1 error", "errors": [f"schoolgate.yaml:3:7: unknown key {XSS!r}"]}))
+    r = run(app, req("GET", "/"))
+    page = r.body.decode()
+    assert "was not taken" in page and "schoolgate.yaml:3:7" in page
+    assert "<img" not in page and "&lt;img src=x" in page
+    st = json.loads(run(app, req("GET", "/api/status")).body)
+    assert st["config_check"]["ok"] is False and st["config_check"]["errors"]
