@@ -26,13 +26,13 @@ old and the new verdicts alternate.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import logging
 import os
 import signal
 import time
 
+from appliance.child import die_with_parent, reap
 from appliance.config import ConfigErrors
 from appliance.dns.fastpath import warm_up
 from appliance.dns.server import open_sockets
@@ -55,21 +55,6 @@ log = logging.getLogger("schoolgate")
 RESTART_DELAY = 1.0  # seconds between restarts of one worker slot
 _TICK = 0.2  # the supervisor's loop period
 _STOP_GRACE = 10.0  # seconds workers get to exit after SIGTERM before SIGKILL
-
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def die_with_parent(parent: int) -> None:
-    """Have the kernel SIGTERM this process when ``parent`` dies, even by SIGKILL: an orphaned
-    worker would keep serving its old bundle on the shared port forever, beside the workers
-    of a restarted appliance (tests/integration/test_gateway_faults.py)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the supervisor's own stop still ends us
-        return
-    if os.getppid() != parent:  # it died between fork() and prctl()
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Supervisor:
@@ -100,7 +85,11 @@ class Supervisor:
             try:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                     signal.signal(sig, signal.SIG_DFL)
-                die_with_parent(supervisor)
+                # An orphaned worker would keep serving its old bundle on the shared port
+                # forever, beside the workers of a restarted appliance
+                # (tests/integration/test_gateway_faults.py).
+                if not die_with_parent(supervisor):  # it died between fork() and prctl()
+                    os.kill(os.getpid(), signal.SIGTERM)
                 # "swap now" arriving before the worker listens for it must not kill it; the
                 # worker looks for a newer bundle once it is ready anyway.
                 signal.signal(signal.SIGUSR2, signal.SIG_IGN)
@@ -211,11 +200,8 @@ class Supervisor:
         if self.capture is not None:
             self.capture.poll()
         for pid in list(self.pids):
-            try:
-                done, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done, status = pid, 0
-            if done == 0:
+            status = reap(pid)
+            if status is None:
                 continue
             slot = self.pids.pop(pid)
             log.error("worker %d (pid %d) exited with status %d; restarting", slot, pid,

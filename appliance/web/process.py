@@ -11,7 +11,7 @@ event loop) and under the ``Supervisor`` (dns.workers > 1).
 The child resets every signal handler and the event loop's wakeup fd it inherited (else a
 signal to the child would wake the *parent's* loop through the shared socketpair), closes
 the DNS sockets it inherited (so a stopped appliance never leaves a port bound by an orphan),
-asks the kernel for SIGTERM when the parent dies (PR_SET_PDEATHSIG) and checks its parent
+asks the kernel for SIGTERM when the parent dies (PR_SET_PDEATHSIG, appliance/child.py) and checks its parent
 every second as a second line. It binds its own listening sockets; a bind failure ends the
 child with an error logged, and the owner restarts it with a growing delay (1 s doubling to
 RESTART_MAX) — DNS keeps serving meanwhile.
@@ -20,7 +20,6 @@ RESTART_MAX) — DNS keeps serving meanwhile.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import signal
@@ -28,6 +27,7 @@ import socket
 import time
 from typing import Iterable
 
+from appliance.child import die_with_parent, reap, signal_child, stop_child
 from appliance.config import Config
 
 __all__ = ["WebProcess", "start_web", "serve", "bind", "RESTART_MIN", "RESTART_MAX"]
@@ -39,7 +39,6 @@ RESTART_MIN, RESTART_MAX = 1.0, 60.0
 _HEALTHY = 60.0
 _STOP_GRACE = 5.0
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD)
-_PR_SET_PDEATHSIG = 1
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -100,11 +99,7 @@ def _child(config_path: str | None, cfg: Config, stats, built, parent: int) -> i
     except ValueError:
         pass
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the getppid check in serve() still ends us
-    if os.getppid() != parent:
+    if not die_with_parent(parent):  # not Linux: the getppid check in serve() still ends us
         return 0
     from appliance.web.app import WebApp
 
@@ -166,11 +161,8 @@ class WebProcess:
         if not self.cfg.web.enabled:
             return
         if self.pid is not None:
-            try:
-                done, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                done, status = self.pid, 0
-            if done == 0:
+            status = reap(self.pid)
+            if status is None:
                 return
             self._delay = RESTART_MIN if now - self._started > _HEALTHY else min(self._delay * 2, RESTART_MAX)
             log.error("web process (pid %d) exited with status %d; restarting in %.0f s", self.pid,
@@ -195,32 +187,13 @@ class WebProcess:
             self._kill(signal.SIGHUP)
 
     def _kill(self, sig: int) -> None:
-        if self.pid is not None:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
+        signal_child(self.pid, sig)
 
     def stop(self) -> None:
         if self.pid is None:
             return
-        self._kill(signal.SIGTERM)
-        deadline = time.monotonic() + _STOP_GRACE
-        while time.monotonic() < deadline:
-            try:
-                done, _ = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if done:
-                break
-            time.sleep(0.02)
-        else:
-            self._kill(signal.SIGKILL)
-            try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
-        self.pid = None
+        pid, self.pid = self.pid, None
+        stop_child(pid, _STOP_GRACE)
 
 
 def start_web(config_path: str | None, cfg: Config, stats=None, built=None,

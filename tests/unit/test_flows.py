@@ -1,4 +1,5 @@
-"""Live flow inspection without sockets (appliance/flows.py): the kernel selection filter run
+"""Live flow inspection without sockets (appliance/flows.py and the modules it re-exports from:
+capture_sources.py, flow_inspector.py): the kernel selection filter run
 by libpcap on crafted packets, and the inspector's decisions, counters and expiry."""
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def test_split_hello_as_nflog_delivers_it(built) -> None:
 
 
 def test_warm_up_judges_nothing_and_the_name_cache_is_bounded(built, monkeypatch) -> None:
-    import appliance.flows as flows
+    import appliance.flow_inspector as flows  # where FlowInspector reads MAX_CACHED_NAMES
 
     insp = FlowInspector(built, "enforce")
     insp.warm_up()
