@@ -35,7 +35,8 @@ from pathlib import Path
 
 from appliance.config import Config, ConfigErrors, load_config
 from appliance.dns.cache import ArrayCache, WireCache
-from appliance.dns.pipeline import Counters, Pipeline
+from appliance.dns.observe import Observer
+from appliance.dns.pipeline import Pipeline
 from appliance.dns.policy_state import PolicyState, utc_now
 from appliance.dns.ratelimit import ArrayRateLimiter, RateLimiter
 from appliance.dns.server import DnsServer, open_sockets
@@ -43,9 +44,8 @@ from appliance.dns.upstream import UpstreamSet, upstream_text
 from appliance.no_bundle import HOW_REFUSING, fallback_bundle
 from appliance.embedded import DEFAULT_CONFIG, open_selected, resolve_bundle, user_state_dir
 from appliance.flows import CaptureChild
-from appliance.querylog import (FLUSH_PERIOD, RETENTION_PERIOD, ClientPrivacy, QueryLog, enforce_retention,
-                                ignore_file_size_signal)
-from appliance.stats import SharedStats, slots_for
+from appliance.querylog import FLUSH_PERIOD
+from appliance.stats import SharedStats
 from appliance.scheduler import UpdateScheduler
 from appliance.web.process import WebProcess, start_web
 from appliance.state import clear_run_state, write_run_state
@@ -184,15 +184,9 @@ class Service:
         self._policy_watch: asyncio.TimerHandle | None = None
         self.web: WebProcess | None = None  # the web page's process (owner only)
         self.capture: CaptureChild | None = None  # the flow inspection process (owner only)
-        # Counters shared with the other processes (appliance/stats.py; created here when this
-        # process is the whole appliance), this worker's slot of them, and the query log.
-        self.stats = stats
-        self._counters: Counters | None = None
-        self._qlog: QueryLog | None = None
+        # Counters shared with the other processes and the query log (appliance/dns/observe.py).
+        self.obs = Observer(stats, worker, owner, self._started)
         self._obs: asyncio.TimerHandle | None = None
-        self._since = self._started
-        self._next_report = 0.0
-        self._next_retention = 0.0
 
     def _pipeline(self, built: Built, cache: WireCache) -> Pipeline:
         d = built.cfg.dns
@@ -200,31 +194,14 @@ class Service:
         limiter = limiter_type(d.rate_limit, d.rate_burst) if d.rate_limit > 0 else None
         p = Pipeline(built.matcher, built.policies, cache, limiter=limiter, max_ttl=d.cache_max_ttl)
         p.refuse_all = built.how == HOW_REFUSING
-        if self._counters is not None:
-            p.counters = self._counters
-        p.qlog = self._qlog
+        if self.obs.counters is not None:
+            p.counters = self.obs.counters
+        p.qlog = self.obs.qlog
         return p
 
-    def _observe_setup(self, built: Built) -> None:
-        """Shared counters (this worker's slot) and the query log; see appliance/stats.py and
-        appliance/querylog.py."""
-        from appliance.status import seed_counters
-
-        cfg = built.cfg
-        if self.stats is None:  # no supervisor: this process owns the shared counters
-            self.stats = SharedStats.create(slots_for(1))
-            if self.owner:
-                self._since = seed_counters(cfg.state_dir, self.stats) or self._started
-                self._next_retention = time.time() + RETENTION_PERIOD
-                enforce_retention(cfg.state_dir, cfg.log.retention_days)  # before anything serves
-        privacy = ClientPrivacy(cfg.state_dir, cfg.log.clients)
-        self.stats.privacy = privacy
-        self.stats.category_names = built.bundle.catalog.names
-        slot = self.stats.slot(self.worker or 0)
-        self._counters = Counters(slot)
-        self._qlog = QueryLog(cfg.state_dir, cfg.log, privacy, slot)
-        self._qlog.account(self._counters.both("blocked"))  # a restarted worker: counted before
-        ignore_file_size_signal()
+    @property
+    def stats(self) -> SharedStats | None:
+        return self.obs.stats
 
     def _observe_tick(self) -> None:
         try:
@@ -234,24 +211,10 @@ class Service:
         self._obs = asyncio.get_running_loop().call_later(FLUSH_PERIOD, self._observe_tick)
 
     def observe(self, now: float, final: bool = False) -> None:
-        """Every FLUSH_PERIOD: minute history, query log flush; as owner also counters.json
-        (every COUNTERS_PERIOD) and the query log retention (hourly)."""
-        from appliance.status import COUNTERS_PERIOD, write_counters
-
-        assert self._counters is not None and self._qlog is not None and self.built is not None
-        self._counters.roll(now)
-        self._qlog.account(self._counters.both("blocked"))
-        self._qlog.flush()
-        if not self.owner:
-            return
+        assert self.built is not None
         cfg = self.built.cfg
-        if final or now >= self._next_report:
-            self._next_report = now + COUNTERS_PERIOD
-            write_counters(cfg.state_dir, self.stats, self.built.bundle.catalog.names, self._since,
-                           {"upstreams": self._upstream_status()})
-        if now >= self._next_retention:
-            self._next_retention = now + RETENTION_PERIOD
-            enforce_retention(cfg.state_dir, cfg.log.retention_days, now)
+        self.obs.tick(now, cfg.state_dir, cfg.log.retention_days, self.built.bundle.catalog.names,
+                      lambda: {"upstreams": self._upstream_status()}, final)
 
     def _upstream_status(self) -> list[dict]:
         if self.server is None:
@@ -262,11 +225,11 @@ class Service:
     async def run(self, ready: asyncio.Event | None = None) -> int:
         built = self.prebuilt or build(load_run_config(self.config_path))
         d = built.cfg.dns
-        self._observe_setup(built)
+        self.obs.setup(built.cfg, built.bundle.catalog.names)
         sockets = open_sockets(d.listen, reuse_port=self.reuse_port)
         cache = (ArrayCache if d.fast_path else WireCache)(d.cache_size, d.stale_ttl)
         upstreams = UpstreamSet(d.upstreams, d.upstream_timeout, tls_ca=d.tls_ca)
-        upstreams.slot = self._counters.slot if self._counters is not None else None
+        upstreams.slot = self.obs.counters.slot if self.obs.counters is not None else None
         self.built = built
         self.server = DnsServer(self._pipeline(built, cache), upstreams, idle_timeout=d.tcp_idle_timeout,
                                 max_connections=d.tcp_max_connections, fast_path=d.fast_path)
@@ -326,8 +289,7 @@ class Service:
             self.observe(time.time(), final=True)
         except Exception:
             log.exception("final counters/query log flush failed")
-        if self._qlog is not None:
-            self._qlog.close()
+        self.obs.close()
         return 0
 
     def stop(self) -> None:
@@ -421,12 +383,7 @@ class Service:
         pipeline.counters = counters
         self.server.pipeline = pipeline
         self.server.upstreams.update(d.upstreams, d.upstream_timeout, tls_ca=d.tls_ca)
-        if self.stats is not None:
-            self.stats.category_names = built.bundle.catalog.names
-        if self._qlog is not None and self.stats is not None:
-            if built.cfg.log.clients != self._qlog.privacy.mode:
-                self._qlog.privacy = self.stats.privacy = ClientPrivacy(built.cfg.state_dir, built.cfg.log.clients)
-            self._qlog.config = built.cfg.log
+        self.obs.reconfigure(built.cfg, built.bundle.catalog.names)
         self.server.idle_timeout, self.server.max_connections = d.tcp_idle_timeout, d.tcp_max_connections
         self.built = built
         self._refused = None
