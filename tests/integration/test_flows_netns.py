@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.netns import namespaces, require_netns, veth, wait_for
-from tests.integration.test_inspect_live import self_signed
+from tests.tlscerts import self_signed
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,6 @@ address in 127.0.0.0/8 (the capture filter names it, so other tests' traffic sta
 
 from __future__ import annotations
 
-import datetime
 import io
 import json
 import random
@@ -21,34 +20,13 @@ import pytest
 
 from appliance.cli import main
 from tests.bundles import make_bundle
+from tests.tlscerts import self_signed
 
 pytestmark = pytest.mark.slow
 
 TLS_NAMES = ("alpha.schoolgate.test", "www.casino.test")  # casino.test is blocked in test bundles
 HTTP_NAME = "plain.schoolgate.test"
 DNS_NAME = "asked.schoolgate.test"
-
-
-def self_signed(tmp: Path, names: tuple[str, ...]) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def serve(sock: socket.socket, ctx: ssl.SSLContext | None, stop: threading.Event) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import datetime
 import io
 import json
 import os
@@ -46,6 +45,7 @@ import pytest
 
 from tests.integration.netns import Namespace, cleanup_stale, namespaces, require_netns, veth, wait_for
 from tests.repo_server import RepoServer
+from tests.tlscerts import self_signed
 
 __all__ = ["Bed", "gateway_bed", "bed", "enter_netns", "QueryLoop", "flood", "dnsperf", "measure_capacity",
            "run_flood", "run_soak", "reload_config", "soak_names",
@@ -123,28 +123,6 @@ def enter_netns(ns: Namespace | str) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- servers
-
-
-def self_signed(out: Path, names: list[str]) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = out / "https-cert.pem", out / "https-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 # The servers wait this long before the TLS handshake: a real server is at least a WAN round
@@ -322,7 +300,7 @@ class Bed:
             return False
 
     def start_servers(self) -> None:
-        cert, key = self_signed(self.root, sorted({*HTTPS_ADDRS, "www.casino.test"}))
+        cert, key = self_signed(self.root, sorted({*HTTPS_ADDRS, "www.casino.test"}), prefix="https-")
         self.cert = cert
         self.https = HttpsServers(self.internet, sorted(set(HTTPS_ADDRS.values())), cert, key)
         self.open_repo()
