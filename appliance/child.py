@@ -1,7 +1,7 @@
 """What every forked child of the appliance does, in one place.
 
 The owner process forks DNS workers (appliance/dns/workers.py), the web page
-(appliance/web/process.py) and the capture process (appliance/flows.py). Each must stop
+(appliance/web/process.py) and the capture process (appliance/flows/capture.py). Each must stop
 when its parent dies, even by SIGKILL (an orphan would keep a port bound or keep serving an
 old bundle), must not hold the owner's listening sockets, and is reaped by the owner without
 blocking its loop. These were three copies of the same few lines; they are here now.
@@ -14,10 +14,31 @@ import os
 import signal
 import stat
 import time
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["die_with_parent", "close_inherited_sockets", "reap", "signal_child", "stop_child"]
+if TYPE_CHECKING:
+    from appliance.bundles.served import Built
+
+__all__ = ["ChildProcess", "die_with_parent", "close_inherited_sockets", "reap", "signal_child", "stop_child"]
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class ChildProcess(Protocol):
+    """The owner's handle on one forked child (the web page, flow inspection): called from
+    the owner's loop, none of these may block for long."""
+
+    def poll(self) -> None:
+        """Reap the child if it exited; start it again when its restart delay has passed."""
+        ...
+
+    def reload(self, built: Built) -> None:
+        """A new config or bundle was accepted: the child follows it (SIGHUP or a restart)."""
+        ...
+
+    def stop(self) -> None:
+        """Stop the child (SIGTERM, then SIGKILL after a grace period) and clean up after it."""
+        ...
 
 
 def die_with_parent(parent: int | None = None) -> bool:

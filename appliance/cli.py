@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import secrets
 import sys
@@ -84,7 +85,7 @@ def _policy_mask(catalog, args: argparse.Namespace) -> int:
         return ALL_CATEGORIES  # DESIGN.md §5: without a policy every category counts
     if args.config is None:
         raise InputError("--policy needs --config (policies are defined in the config)")
-    from appliance.config import load_config
+    from appliance.config.load import load_config
 
     cfg = load_config(args.config)
     if args.policy not in cfg.policies:
@@ -103,9 +104,9 @@ def _open_matcher(args: argparse.Namespace, err: TextIO):
     if args.bundle:
         bundle, local = open_bundle(args.bundle), None
     else:
-        from appliance.config import load_config
-        from appliance.dns.service import load_run_config
-        from appliance.embedded import resolve_bundle
+        from appliance.bundles.select import resolve_bundle
+        from appliance.compose import load_run_config
+        from appliance.config.load import load_config
 
         cfg = load_config(args.config) if args.config else load_run_config(None)
         found = resolve_bundle(cfg)
@@ -195,9 +196,9 @@ def cmd_rotate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_update(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """One update check with --once; otherwise check at the configured interval (± jitter)
     until interrupted. The scheduler inside `schoolgate run` uses the same update_once."""
-    from appliance.config import load_config
-    from appliance.state import read_update_state
-    from appliance.updater import update_once
+    from appliance.config.load import load_config
+    from appliance.updates.state import read_update_state
+    from appliance.updates.updater import update_once
 
     cfg = load_config(args.config)
     if cfg.updates is None:
@@ -235,24 +236,57 @@ def _report_update(args: argparse.Namespace, o, out: TextIO, err: TextIO) -> Non
               file=err, flush=True)
 
 
-def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from appliance.status import cmd_status
+def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from appliance.compose import load_run_config
+    from appliance.observe.status import collect_status, format_status
 
-    return cmd_status(args, out, err)
-
-
-# `run` and `check-config` import the config schema (YAML) when used, not at every
-# start-up: `inspect` and `lookup` with --bundle need neither.
-def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from appliance.run import cmd_run
-
-    return cmd_run(args, out, err)
+    st = collect_status(load_run_config(args.config))
+    print(json.dumps(st) if args.json else format_status(st), file=out)
+    return 0
 
 
-def _cmd_check_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from appliance.run import cmd_check_config
+# `run` and `check-config` import the config schema (YAML) and the whole appliance when used,
+# not at every start-up: `inspect` and `lookup` with --bundle need neither.
+def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from appliance.observe.jsonlog import setup_logging
+    from appliance.run import run_service
 
-    return cmd_check_config(args, out, err)
+    setup_logging(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
+    try:
+        return run_service(args.config)
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:  # a listen address in use or not ours
+        print(f"schoolgate: error: cannot listen: {exc}", file=err)
+        return 1
+
+
+def cmd_check_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Exit 0 when the config is valid; else 2 with every error as file:line:col."""
+    from appliance.compose import check_catalog, load_run_config, policy_errors
+    from appliance.config.load import ConfigErrors
+    from filters.errors import ConfigError
+
+    errors: list[ConfigError] = []
+    try:
+        cfg = load_run_config(args.path)
+        errors += policy_errors(cfg, check_catalog(cfg))
+    except ConfigErrors as exc:
+        errors = list(exc.errors)
+    except ConfigError as exc:
+        errors = [exc]
+    except SchoolgateError as exc:  # the configured bundle cannot be opened
+        errors = [ConfigError(exc.message, exc.where)]
+    if args.json:
+        print(json.dumps({"ok": not errors, "errors": [
+            {"file": e.where.file if e.where else args.path, "line": e.where.line if e.where else 0,
+             "col": e.where.col if e.where else 0, "message": e.message} for e in errors]}), file=out)
+    else:
+        for e in errors:
+            print(str(e), file=err)
+        if not errors:
+            print(f"{args.path}: ok", file=out)
+    return 2 if errors else 0
 
 
 def cmd_lookup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -286,6 +320,17 @@ def cmd_lookup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 line += f" rule {v.rule} from {'; '.join(v.sources)}"
             print(line, file=out)
     return 2 if bad else 0
+
+
+def cmd_inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``schoolgate inspect PCAP`` (appliance/pcap/inspect.py): --bundle, else the bundle of
+    --config, else the one `schoolgate run` serves (as lookup)."""
+    from appliance.pcap.inspect import write_inspection
+    from filters.verdicts import Verdicts
+
+    matcher = _open_matcher(args, err)
+    verdicts = Verdicts(matcher, _policy_mask(matcher.catalog, args))
+    return write_inspection(args.pcap, verdicts, out, err, as_json=args.json, all_frames=args.all_frames)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="the appliance's state: bundle served (demo or not), updates, running")
     st.add_argument("--config", help="config file (default: as `schoolgate run` without one)")
     st.add_argument("--json", action="store_true")
-    st.set_defaults(func=_cmd_status)
+    st.set_defaults(func=cmd_status)
 
     lk = sub.add_parser("lookup", help="is a name blocked, and why?")
     src = lk.add_mutually_exclusive_group()
@@ -355,9 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("names", nargs="+", help="names to look up, or - to read them from stdin")
     lk.set_defaults(func=cmd_lookup)
 
-    from appliance.inspect import add_parser as add_inspect
-
-    add_inspect(sub)  # schoolgate inspect PCAP (appliance/inspect.py)
+    ins = sub.add_parser("inspect", help="the names in a capture's flows, with their verdicts")
+    ins.add_argument("pcap", help="capture file (pcap or pcapng)")
+    src = ins.add_mutually_exclusive_group()
+    src.add_argument("--bundle", help="bundle directory (default: the bundle `schoolgate run` serves)")
+    src.add_argument("--config", help="config file (uses its bundle and local lists)")
+    ins.add_argument("--policy", help="policy name from the config (default: every category)")
+    ins.add_argument("--json", action="store_true", help="one JSON object per name")
+    ins.add_argument("--all-frames", action="store_true",
+                     help="feed every frame to the flow table (slow; the reference path)")
+    ins.set_defaults(func=cmd_inspect)
 
     from appliance.web.cli import add_parser as add_web
 
@@ -366,11 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
     rn = sub.add_parser("run", help="run the appliance (DNS service); no --config: embedded defaults")
     rn.add_argument("--config", help="config file (default: config/default.yaml, per-user state dir)")
     rn.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    rn.set_defaults(func=_cmd_run)
+    rn.set_defaults(func=cmd_run)
     cc = sub.add_parser("check-config", help="validate a config: exit 0, or 2 with every error")
     cc.add_argument("path", help="config file")
     cc.add_argument("--json", action="store_true")
-    cc.set_defaults(func=_cmd_check_config)
+    cc.set_defaults(func=cmd_check_config)
     return p
 
 

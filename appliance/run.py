@@ -1,53 +1,35 @@
-"""The ``run`` and ``check-config`` commands (wired into appliance/cli.py)."""
+"""``schoolgate run``: the composition root's parts for one config, started.
+
+One DNS worker (``dns.workers: 1``): this process is the whole appliance — the DNS service
+(appliance/dns/service.py) with the update scheduler and the forked web and capture children.
+Several: the supervisor (appliance/dns/workers.py) builds once, forks the workers, which
+share the listen addresses with SO_REUSEPORT, and owns the scheduler and the children.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
+import asyncio
 import logging
-from typing import TextIO
 
-from appliance.config import ConfigErrors
-from filters.errors import ConfigError, SchoolgateError
+from appliance.compose import Assembly, build
+from appliance.dns.service import Service
+from appliance.dns.workers import Supervisor
 
-__all__ = ["cmd_run", "cmd_check_config"]
+__all__ = ["run_service"]
+
+log = logging.getLogger("schoolgate")
 
 
-def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from appliance.dns.service import run_service
-    from appliance.jsonlog import setup_logging
-
-    setup_logging(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
+def run_service(config_path: str | None) -> int:
+    assembly = Assembly(config_path)
+    cfg = assembly.config()
+    # run.json, counters, logs and flow state live here even when the config names its own
+    # bundle (nothing else would create the directory then). Not being able to is not fatal:
+    # filtering matters more than the reports, and each writer says what failed.
     try:
-        return run_service(args.config)
-    except KeyboardInterrupt:
-        return 0
-    except OSError as exc:  # a listen address in use or not ours
-        print(f"schoolgate: error: cannot listen: {exc}", file=err)
-        return 1
-
-
-def cmd_check_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Exit 0 when the config is valid; else 2 with every error as file:line:col."""
-    from appliance.dns.service import check_catalog, load_run_config, policy_errors
-
-    errors: list[ConfigError] = []
-    try:
-        cfg = load_run_config(args.path)
-        errors += policy_errors(cfg, check_catalog(cfg))
-    except ConfigErrors as exc:
-        errors = list(exc.errors)
-    except ConfigError as exc:
-        errors = [exc]
-    except SchoolgateError as exc:  # the configured bundle cannot be opened
-        errors = [ConfigError(exc.message, exc.where)]
-    if args.json:
-        print(json.dumps({"ok": not errors, "errors": [
-            {"file": e.where.file if e.where else args.path, "line": e.where.line if e.where else 0,
-             "col": e.where.col if e.where else 0, "message": e.message} for e in errors]}), file=out)
-    else:
-        for e in errors:
-            print(str(e), file=err)
-        if not errors:
-            print(f"{args.path}: ok", file=out)
-    return 2 if errors else 0
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    except OSError as exc:
+        log.error("cannot create the state directory %s: %s", cfg.state_dir, exc)
+    if cfg.dns.workers > 1:
+        return Supervisor(assembly, build(cfg)).run()
+    return asyncio.run(Service(assembly).run())

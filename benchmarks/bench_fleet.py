@@ -3,7 +3,7 @@
     python -m benchmarks.bench_fleet [--appliances N] [--domains N] [--procs N] [--markdown FILE]
 
 Each simulated appliance is a state directory of its own, updated by the real
-``appliance.updater.update_once`` over HTTP (the real fetcher, TUF client, unpacker and
+``appliance.updates.updater.update_once`` over HTTP (the real fetcher, TUF client, unpacker and
 self-test) from one repository served by tests/repo_server.py on 127.0.0.1. A process pool
 runs ``--procs`` of them at a time (the GIL would serialise threads). Three rounds:
 
@@ -40,8 +40,8 @@ TARGET_WALL_S = 180.0  # the whole run, per the brief
 
 def _update(job: tuple[str, str, str]) -> dict:
     """One appliance's update check (runs in a pool process)."""
-    from appliance.config import UpdatesConfig
-    from appliance.updater import update_once
+    from appliance.config.load import UpdatesConfig
+    from appliance.updates.updater import update_once
 
     state, url, root = job
     t = time.perf_counter()
@@ -53,7 +53,7 @@ def _update(job: tuple[str, str, str]) -> dict:
 def _warm(_: int) -> int:
     """Import and load the numba kernels once per pool process, outside the timing."""
     from signatures.bundle import open_bundle  # noqa: F401  (numpy, numba, tuf: the imports)
-    from appliance.updater import update_once  # noqa: F401
+    from appliance.updates.updater import update_once  # noqa: F401
     return os.getpid()
 
 

@@ -2,20 +2,20 @@
 
     python -m benchmarks.bench_flows_live [--flows N] [--netns] [--rates 5000,10000,20000]
 
-1. **Inspector** (no sockets): N TLS flows through appliance.flows.FlowInspector — the same
+1. **Inspector** (no sockets): N TLS flows through appliance.flows.inspector.FlowInspector — the same
    object the capture process feeds — as each capture mode delivers them:
    - ``bpf``: the ClientHello's (first) segment only, one packet per flow;
    - ``nflog``: what the capture chain logs for a connection: SYN, the handshake's ACK and
      the hello's segments, each wrapped in an nfnetlink_log message and parsed by
-     appliance.nflog.parse first — with a 517-byte hello (curl, one segment) and a 1.8 kB
+     appliance.flows.nflog.parse first — with a 517-byte hello (curl, one segment) and a 1.8 kB
      one in two segments (Chrome's post-quantum X25519MLKEM768 share);
    one name in ten is blocked (the inspector decides, counts and records the event; no nft
    and no resets). Figures are CPU time of this one process.
 2. **netns** (``--netns``, root, nft): a client namespace sends each flow's hello
    segment(s) with a raw socket (no SYN: conntrack picks the connection up mid-stream,
    nf_conntrack_tcp_loose), paced at each rate for 3 s, through a gateway namespace whose
-   table logs them (appliance/nft.py capture chain) into a process that reads the group
-   and inspects (appliance.nflog.NflogSocket + FlowInspector, as capture_main does); the
+   table logs them (appliance/flows/nft.py capture chain) into a process that reads the group
+   and inspects (appliance.flows.nflog.NflogSocket + FlowInspector, as capture_main does); the
    gateway forwards them into a sink (a veth whose peer drops them). Reported: flows judged / flows sent, messages
    the kernel dropped (ENOBUFS) and the reader's CPU seconds per flow.
 """
@@ -109,8 +109,8 @@ def _nflog_msg(ip: bytes, group: int = 2375) -> bytes:
 
 
 def _built(tmp: Path):
-    from appliance.config import load_config
-    from appliance.dns.service import build
+    from appliance.config.load import load_config
+    from appliance.compose import build
     from tests.bundles import make_bundle
 
     bundle = make_bundle(tmp / "bundle", 1)
@@ -120,8 +120,8 @@ def _built(tmp: Path):
 
 
 def bench_inspector(n: int, tmp: Path) -> list[dict]:
-    from appliance.flows import FlowInspector
-    from appliance.nflog import parse
+    from appliance.flows.inspector import FlowInspector
+    from appliance.flows.nflog import parse
 
     built = _built(tmp)
     rows = []
@@ -155,10 +155,10 @@ def bench_inspector(n: int, tmp: Path) -> list[dict]:
 READER = textwrap.dedent("""
     import json, resource, sys, time
     sys.path.insert(0, sys.argv[1])
-    from appliance.config import load_config
-    from appliance.dns.service import build
-    from appliance.flows import FlowInspector
-    from appliance.nflog import NflogSocket
+    from appliance.config.load import load_config
+    from appliance.compose import build
+    from appliance.flows.inspector import FlowInspector
+    from appliance.flows.nflog import NflogSocket
     built = build(load_config(sys.argv[2]))
     nl = NflogSocket(2375, timeout=0.5)
     insp = FlowInspector(built, "enforce", max_flows=65536)
@@ -198,7 +198,7 @@ SENDER = textwrap.dedent("""
 def bench_netns(rates: list[int], tmp: Path) -> list[dict]:
     import pickle
 
-    from appliance.nft import capture_script
+    from appliance.flows.nft import capture_script
     from tests.bundles import make_bundle
     from tests.integration.netns import namespaces, veth
 

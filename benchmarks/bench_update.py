@@ -58,10 +58,10 @@ def make_bundle(work: Path, names: list[str], version: int) -> Path:
 _STEPS = r"""
 import json, sys, time
 from pathlib import Path
-from appliance.config import load_config
+from appliance.config.load import load_config
 from appliance.dns.cache import WireCache
 from appliance.dns.pipeline import Pipeline
-from appliance.dns.service import build
+from appliance.compose import build
 from signatures.bundle import open_bundle
 
 def activate(path, config):
@@ -87,8 +87,8 @@ def measure_activation(bundle: Path, config: Path) -> tuple[list[float], list[fl
 
 
 def run(n_domains: int) -> str:
-    from appliance.config import load_config
-    from appliance.updater import update_once
+    from appliance.config.load import load_config
+    from appliance.updates.updater import update_once
     from signatures.archive import unpack_bundle
     from signatures.keys import Keyring, generate_keys
     from signatures.repository import load_repo, publish

@@ -33,7 +33,7 @@ MAX_SEEDS = 4000  # distinct payloads kept as seeds (the captures hold ~10k, man
 
 def seeds(pcaps: Path = PCAPS, limit: int = MAX_SEEDS) -> list[bytes]:
     """Distinct non-empty TCP/UDP payloads of the shared captures, plus crafted ones."""
-    from appliance.pcapfile import CaptureFile
+    from appliance.pcap.reader import CaptureFile
     from filters.packet import Drop, decode
     from filters.errors import CaptureFileError
 

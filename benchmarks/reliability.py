@@ -6,7 +6,7 @@ and a soak — then one table, optionally appended to benchmarks/RESULTS.md.
     sudo python -m benchmarks.reliability --soak-minutes 2     # a quick look
     sudo python -m benchmarks.reliability --append             # add the table to RESULTS.md
 
-Needs root (network namespaces), dnsmasq, dnsperf, dig, curl, nft and faketime (.ci/run
+Needs root (network namespaces), dnsmasq, dnsperf, dig, curl, nft and faketime (tests/setup.sh
 installs them). Run it on a quiet machine: the flood shares the cores with the appliance.
 """
 

@@ -129,7 +129,7 @@ def _deepest_v6(net6_hi, net6_lo, prefix, parent, ah, al):
             lo = mid + 1
         else:
             hi = mid
-    i = lo - 1
+    i = np.int64(lo - 1)
     while i >= 0:
         if _contains_v6(net6_hi[i], net6_lo[i], np.int64(prefix[base + i]), ah, al):
             return base + i

@@ -130,7 +130,7 @@ def cache_put(cache, key, body, ttl_offsets, ttls, cnames, meta, stored, expires
         p += TTL_FIELD
     arena[p:p + cnames.shape[0]] = cnames
     ncn = 0
-    q = 0
+    q = np.int64(0)
     while q < cnames.shape[0]:
         ncn += 1
         q += 1 + np.int64(cnames[q])

@@ -80,7 +80,7 @@ def parse_question(buf, n, end):
     edns = False
     udp = MIN_UDP_PAYLOAD
     do = False
-    version = 0
+    version = np.int64(0)
     for _ in range(ar):
         owner = pos
         pos = _skip_name(buf, n, pos)

@@ -315,7 +315,7 @@ def select_frames(buf, off, caplen, link, count, seed, keys, state, base, limit,
                     if ((np.int64(buf[p + 2]) << 8) | buf[p + 3]) & 0xFFF9:
                         bad = True  # a fragment: Python counts it
                         break
-                    size = 8
+                    size = np.int64(8)
                 elif l4 == 51:
                     size = (np.int64(buf[p + 1]) + 2) * 4
                 else:

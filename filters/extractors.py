@@ -3,7 +3,7 @@
 One row per extractor module (extract_dns, extract_tls, extract_quic, extract_http), in the
 order they are tried. Port rows come first: a DNS port decides whatever the payload looks
 like. Content rows then sniff the first payload of a flow direction, so TLS on 8443 or
-HTTP on 8080 are read too. The flow inspector (appliance/inspect.py) and the live capture
+HTTP on 8080 are read too. The flow inspector (appliance/pcap/inspect.py) and the live capture
 drive every row the same way: ``datagram`` for stateless per-datagram parsing, else a
 ``session`` per flow direction, fed in sequence order when ``ordered``.
 """

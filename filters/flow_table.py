@@ -87,7 +87,7 @@ class FlowTable:
 
     def forget(self, key: tuple) -> None:
         """Drop one direction's state, keyed (src, sport, dst, dport, proto): the live
-        capture (appliance/flows.py) expires idle flows by time, which this table has no
+        capture (appliance/flows/capture.py) expires idle flows by time, which this table has no
         clock for."""
         self._flows.pop(key, None)
         self._syn.pop(key, None)

@@ -312,7 +312,7 @@ install_venv() {
     in_chroot "$PY" -m venv "$VENV"
     in_chroot "$VENV/bin/pip" install -q --no-index --no-cache-dir --disable-pip-version-check \
         --find-links /tmp/wheels schoolgate
-    # appliance/embedded.py finds the default config and the demo repository next to the
+    # appliance/bundles/select.py finds the default config and the demo repository next to the
     # packages (<site-packages>/config): ship them there, but not the demo's private keys.
     local site
     site=$(in_chroot "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from filters.catalog import Catalog
+from filters.catalog import ALL_CATEGORIES, Catalog
 from filters.cidr_matcher import CidrMatcher
 from filters.cidr_table import CidrTable
 from filters.classes import WILDCARD_ONLY, ClassTable
@@ -165,8 +165,6 @@ class Bundle:
         A bundle with no block canary cannot show that it blocks anything (an empty or
         mis-built bundle would pass), so by default it is refused.
         """
-        from filters.catalog import ALL_CATEGORIES
-
         where = Where(str(self.path / MANIFEST))
         matcher = self.domain_matcher()
         self.cidr_matcher()

@@ -4,7 +4,7 @@ python-tuf's ngclient does the TUF client workflow (root rotation, rollback and 
 protection, signature thresholds, lengths and hashes); this module sets its byte caps,
 injects the clock, translates its exceptions into ours, and adds what TUF cannot know:
 the bundle's own checks after download (see :func:`verify_unpacked`). Network I/O is the
-fetcher's business (``appliance/fetcher.py``); the state directory is ``appliance/updater.py``'s.
+fetcher's business (``appliance/updates/fetcher.py``); the state directory is ``appliance/updates/updater.py``'s.
 """
 
 from __future__ import annotations

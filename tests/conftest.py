@@ -16,3 +16,15 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "lists").is_dir():
         pytest.skip(f"shared test data not found at {SHARED_DATA} (see ../shared/data/README.md)")
     return SHARED_DATA
+
+
+# Hypothesis: no per-example deadline and no "too slow" health check. Both are wall-clock
+# limits (200 ms an example by default) that fail on a loaded machine without anything being
+# wrong; speed belongs in benchmarks/. Settings a test gives explicitly still win.
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis is in the test extra; the tests using it import it themselves
+    pass
+else:
+    settings.register_profile("schoolgate", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("schoolgate")

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.wait import DEADLINE
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def need_tools(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"needs {', '.join(missing)} (installed by .ci/run: apt-get install dnsutils dnsmasq dnsperf)")
+        pytest.skip(f"needs {', '.join(missing)} (as root, tests/setup.sh installs them)")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -68,7 +70,7 @@ class Proc:
     def signal(self, sig: int) -> None:
         self.p.send_signal(sig)
 
-    def stop(self, timeout: float = 10.0) -> int | None:
+    def stop(self, timeout: float = DEADLINE) -> int | None:
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGTERM)
             try:
@@ -91,7 +93,7 @@ def start_dnsmasq(tmp: Path, port: int, ttl: int = 300) -> Proc:
     if os.geteuid() == 0:
         argv.append("--user=root")  # else it drops to a user that cannot write our log
     p = Proc(argv, tmp / f"dnsmasq-{port}.out")
-    wait_answer(port, "allowed.test", timeout=10, proc=p)
+    wait_answer(port, "allowed.test", timeout=DEADLINE, proc=p)
     return p
 
 
@@ -101,7 +103,7 @@ def start_schoolgate(config: Path, tmp: Path, port: int, name: str = "schoolgate
     e.setdefault("XDG_STATE_HOME", str(tmp / "xdg"))
     argv = [sys.executable, "-m", "appliance.cli", "run"] + (["--config", str(config)] if config else [])
     p = Proc(argv, tmp / f"{name}.log", e)
-    wait_answer(port, "readiness.probe.test", timeout=60, proc=p)
+    wait_answer(port, "readiness.probe.test", timeout=DEADLINE, proc=p)
     return p
 
 
@@ -118,6 +120,6 @@ def wait_answer(port: int, name: str, timeout: float, proc: Proc | None = None) 
             dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=1.5)
             return
         except Exception:
-            time.sleep(0.1)
+            time.sleep(0.05)
     raise RuntimeError(f"nothing answered on 127.0.0.1:{port} within {timeout} s"
                        + (f":\n{proc.text()[-3000:]}" if proc else ""))

@@ -20,7 +20,7 @@ import sys
 def main() -> int:
     config = sys.argv[1]
     from appliance.cli import main as cli_main
-    from appliance.updater import update_once  # noqa: F401  (everything update --once imports)
+    from appliance.updates.updater import update_once  # noqa: F401  (everything update --once imports)
 
     if len(sys.argv) > 2:
         from signatures.bundle import open_bundle

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from typing import Protocol
+
 import numpy as np
 
 from filters import _dns_kernels as K
@@ -44,6 +46,29 @@ class CacheEntry:
 
     def stale_body(self) -> bytes:
         return render_body(self.norm, 0, fixed_ttl=STALE_ANSWER_TTL)
+
+
+class AnswerCache(Protocol):
+    """What the pipeline asks of a cache of upstream answers: :class:`WireCache` (an LRU of
+    objects, the Python path) or :class:`ArrayCache` (flat arrays the fast path's kernel
+    reads too). Keys are Pipeline cache keys; entries count their TTLs down from ``now``."""
+
+    max_entries: int
+    stale_ttl: int
+
+    def __len__(self) -> int: ...
+
+    def get(self, key: bytes, now: float) -> CacheEntry | None:
+        """A fresh entry, or None (an expired one stays for get_stale)."""
+        ...
+
+    def get_stale(self, key: bytes, now: float) -> CacheEntry | None:
+        """An expired entry still within ``stale_ttl`` (RFC 8767 serve-stale), or None."""
+        ...
+
+    def put(self, key: bytes, norm: Normalised, now: float) -> None: ...
+
+    def clear(self) -> None: ...
 
 
 class WireCache:

@@ -26,6 +26,8 @@ import ctypes
 import logging
 import socket
 import sys
+from collections.abc import Callable
+from typing import Protocol, cast
 
 import numpy as np
 from llvmlite import ir
@@ -34,7 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from appliance.dns.cache import ArrayCache
-from appliance.dns.pipeline import Pipeline
+from appliance.dns.pipeline import Forward, Pipeline
 from appliance.dns.ratelimit import ArrayRateLimiter, disabled_limiter
 from filters import _dns_kernels as K
 from filters.dns_fast import DEFAULT_BATCH, Batch, FastTables, new_counters
@@ -42,7 +44,7 @@ from filters.dns_response import Normalised
 from filters.domain_matcher import DomainMatcher
 from filters.policy import PolicySet
 
-__all__ = ["FastPath", "FAST_ROUNDS", "usable", "warm_up"]
+__all__ = ["FastPath", "Responder", "FAST_ROUNDS", "usable", "warm_up"]
 
 log = logging.getLogger("schoolgate.dns")
 
@@ -77,7 +79,14 @@ def _declare(builder, name, ret, args):
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
 
-@intrinsic
+def _c_call(typer: Callable[..., object]) -> Callable[[int, int, int, int], int]:
+    """``@intrinsic``, typed as jitted code calls it. numba's stubs give an intrinsic the
+    typing function's parameters (the typing context first) and a Never result (it raises
+    outside jitted code); a jitted caller passes the four int64 arguments and gets an int64."""
+    return cast("Callable[[int, int, int, int], int]", intrinsic(typer))
+
+
+@_c_call
 def _recvmmsg(typingctx, fd, vec, vlen, flags):
     """int recvmmsg(int fd, struct mmsghdr *vec, unsigned vlen, int flags, NULL)."""
     def codegen(context, builder, signature, args):
@@ -89,7 +98,7 @@ def _recvmmsg(typingctx, fd, vec, vlen, flags):
     return types.int64(types.int64, types.int64, types.int64, types.int64), codegen
 
 
-@intrinsic
+@_c_call
 def _sendmmsg(typingctx, fd, vec, vlen, flags):
     """int sendmmsg(int fd, struct mmsghdr *vec, unsigned vlen, int flags)."""
     def codegen(context, builder, signature, args):
@@ -195,6 +204,19 @@ def usable(pipeline: Pipeline) -> bool:
     return not pipeline.refuse_all and (pipeline.limiter is None or isinstance(pipeline.limiter, ArrayRateLimiter))
 
 
+class Responder(Protocol):
+    """What the fast path hands back to its server (appliance/dns/server.py DnsServer): the
+    pipeline of the moment, answers Python made for the packets the kernel left to it, the
+    queries to forward, and the count of failed sends."""
+
+    pipeline: Pipeline
+    send_errors: int
+
+    def send_udp(self, sock: socket.socket, answer: bytes, addr: tuple) -> None: ...
+
+    def forward(self, fwd: Forward, send: Callable[[bytes], None]) -> object: ...
+
+
 class FastPath:
     """Batch buffers and the current pipeline's tables; one per DnsServer (the event loop
     serves one socket at a time, so the buffers are shared by every UDP socket)."""
@@ -241,26 +263,28 @@ class FastPath:
 
     def tables(self, pipeline: Pipeline) -> FastTables:
         """The tables for ``pipeline``, rebuilt when it was replaced (reload, bundle swap, a
-        schedule boundary or a temporary allow: appliance/dns/policy_state.py)."""
+        schedule boundary or a temporary allow: appliance/policy/state.py)."""
         if pipeline is not self._pipeline or self._tables is None:
             self._tables = FastTables.build(pipeline.policies, pipeline.matcher)
             self._pipeline = pipeline
         return self._tables
 
-    def drain(self, sock: socket.socket, server) -> None:
-        """Serve what is waiting on ``sock`` (``server``: the DnsServer, for its pipeline,
-        forwarding and counters)."""
+    def drain(self, sock: socket.socket, server: Responder) -> None:
+        """Serve what is waiting on ``sock``; ``server`` answers and forwards what the kernel
+        leaves to Python."""
         b = self.batch
         self.wakeups += 1
         for _ in range(_CALLS_PER_WAKEUP):
             pipeline: Pipeline = server.pipeline
             fast = self.tables(pipeline)
             cache = pipeline.cache.arrays if isinstance(pipeline.cache, ArrayCache) else self._no_cache
+            # usable(): no limiter, or one whose buckets the kernel updates
+            assert pipeline.limiter is None or isinstance(pipeline.limiter, ArrayRateLimiter)
             limiter = pipeline.limiter.arrays if pipeline.limiter is not None else self._none_limiter
             res = self._result
             res[R_SEND_ERRORS] = 0
             # With a query log to feed, the call returns after any batch that blocked a name:
-            # those are read below before the buffers are reused (appliance/querylog.py; a
+            # those are read below before the buffers are reused (appliance/observe/querylog.py; a
             # flood past the log's budget is served without stopping).
             qlog = pipeline.qlog if pipeline.qlog is not None and pipeline.qlog.has_budget() else None
             _serve(sock.fileno(), self._io, b.rx, b.rxlen, b.addrs, b.tx, b.txlen, b.txsrc, b.act, b.blocked_mask,
@@ -282,7 +306,7 @@ class FastPath:
         addr = _sockaddr(self._names[i, :self._io[3][i]].tobytes())
         return addr[0] if addr is not None else None
 
-    def _hand_over(self, sock: socket.socket, server, pipeline: Pipeline, n: int) -> None:
+    def _hand_over(self, sock: socket.socket, server: Responder, pipeline: Pipeline, n: int) -> None:
         """The packets of the last batch that the kernel left to Python."""
         b = self.batch
         for i in np.flatnonzero(b.act[:n] == K.ACT_PYTHON):
@@ -294,9 +318,9 @@ class FastPath:
             if res is None:
                 continue
             if res.__class__ is bytes:
-                server._udp_send(sock, res, addr)
+                server.send_udp(sock, res, addr)
             else:
-                server._forward(res, lambda answer, a=addr: server._udp_send(sock, answer, a))
+                server.forward(res, lambda answer, a=addr: server.send_udp(sock, answer, a))
 
 
 def _sockaddr(raw: bytes) -> tuple | None:

@@ -1,7 +1,7 @@
 """A serving process's counters and query log, and the owner's periodic reports.
 
 Kept apart from service.py's serving logic: which slot of the shared counters this process
-writes (appliance/stats.py), its query log (appliance/querylog.py), and — in the process
+writes (appliance/observe/stats.py), its query log (appliance/observe/querylog.py), and — in the process
 that owns the appliance — counters.json every COUNTERS_PERIOD and the query log's retention
 every RETENTION_PERIOD (once before anything serves).
 """
@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 from appliance.dns.pipeline import Counters
-from appliance.querylog import RETENTION_PERIOD, ClientPrivacy, QueryLog, enforce_retention, ignore_file_size_signal
-from appliance.stats import SharedStats, slots_for
+from appliance.observe.querylog import RETENTION_PERIOD, ClientPrivacy, QueryLog, enforce_retention, ignore_file_size_signal
+from appliance.observe.stats import SharedStats, slots_for
+from appliance.observe.status import COUNTERS_PERIOD, seed_counters, write_counters
 
 __all__ = ["Observer"]
 
@@ -34,8 +35,6 @@ class Observer:
         self._next_retention = 0.0
 
     def setup(self, cfg, category_names: Callable[[int], list[str]]) -> None:
-        from appliance.status import seed_counters
-
         if self.stats is None:  # no supervisor: this process owns the shared counters
             self.stats = SharedStats.create(slots_for(1))
             if self.owner:
@@ -64,8 +63,6 @@ class Observer:
              extra: Callable[[], dict], final: bool = False) -> None:
         """Every FLUSH_PERIOD: minute history and query log flush; as owner also counters.json
         and the retention job when due. ``extra``: more for counters.json (upstream health)."""
-        from appliance.status import COUNTERS_PERIOD, write_counters
-
         assert self.counters is not None and self.qlog is not None and self.stats is not None
         self.counters.roll(now)
         self.qlog.account(self.counters.both("blocked"))

@@ -23,14 +23,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-from appliance.dns.cache import WireCache
-from appliance.dns.ratelimit import RateLimiter
-from appliance.querylog import QueryLog
-from appliance.stats import FAST_WIDTH, StatsSlot
+from appliance.dns.cache import AnswerCache
+from appliance.dns.ratelimit import ClientLimiter
+from appliance.observe.querylog import QueryLog
+from appliance.observe.stats import FAST_WIDTH, StatsSlot
 from filters import _domain_kernels as K
 from filters.dns_fast import counter_values, new_counters
 from filters.dns_answer import (TYPE_ANY, badvers_response, error_response, minimal_any,
@@ -89,18 +89,35 @@ _PIPELINE_COUNTERS = ("queries", "blocked", "bypass", "cache_hits", "stale_answe
 
 
 class Counters:
-    """The pipeline's counters, kept in a :class:`appliance.stats.StatsSlot`: under ``run``
+    """The pipeline's counters, kept in a :class:`appliance.observe.stats.StatsSlot`: under ``run``
     a slot of the shared mapping (one writer per slot, so every process can sum all workers),
     else a private one. Attributes read and add like ints (``c.queries += 1``) and hold what
     the Python path counted; ``fast`` is the fast path kernel's counters array — a view into
     the same slot, so the jitted code adds into shared memory directly; ``snapshot`` adds both.
     """
 
+    # The Python path's counts: one property over the slot per _PIPELINE_COUNTERS name, added
+    # after the class (declared here for the type checker).
+    queries: int
+    blocked: int
+    bypass: int
+    cache_hits: int
+    stale_answers: int
+    forwarded: int
+    upstream_errors: int
+    cname_blocked: int
+    formerr: int
+    dropped: int
+    rate_limited: int
+    servfail: int
+    internal_errors: int
+    slow_path: int
+
     def __init__(self, slot: StatsSlot | None = None) -> None:
         self.slot = slot if slot is not None else StatsSlot.private()
         width = new_counters().shape[0]
         if width > FAST_WIDTH:  # the kernel grew past the room the slot layout reserves
-            raise ValueError(f"the fast path keeps {width} counters; appliance.stats.FAST_WIDTH is {FAST_WIDTH}")
+            raise ValueError(f"the fast path keeps {width} counters; appliance.observe.stats.FAST_WIDTH is {FAST_WIDTH}")
         self.fast: np.ndarray = self.slot.fast[:width]
 
     def count_blocked(self, mask: int) -> None:
@@ -120,7 +137,7 @@ class Counters:
 
     def snapshot(self, category_names: Callable[[int], list[str]]) -> dict:
         """This pipeline's counts (one worker): both paths added, blocked per category name."""
-        out = {k: self.slot.get(k) for k in _PIPELINE_COUNTERS}
+        out: dict[str, Any] = {k: self.slot.get(k) for k in _PIPELINE_COUNTERS}
         named, bits = counter_values(self.fast)
         for k, v in named.items():
             out[k] = out.get(k, 0) + v
@@ -144,8 +161,8 @@ for _n in _PIPELINE_COUNTERS:
 
 
 class Pipeline:
-    def __init__(self, matcher: DomainMatcher, policies: PolicySet, cache: WireCache, *,
-                 limiter: RateLimiter | None = None, max_ttl: int = 86400,
+    def __init__(self, matcher: DomainMatcher, policies: PolicySet, cache: AnswerCache, *,
+                 limiter: ClientLimiter | None = None, max_ttl: int = 86400,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.matcher = matcher
         self.policies = policies
@@ -156,9 +173,9 @@ class Pipeline:
         self.counters = Counters()
         self._row = matcher.last_row
         self._last_error_log = -1e9
-        # The query log and block events (appliance/querylog.py); None: neither.
+        # The query log and block events (appliance/observe/querylog.py); None: neither.
         self.qlog: QueryLog | None = None
-        # No bundle opens and the config says no_bundle: refuse (appliance/no_bundle.py).
+        # No bundle opens and the config says no_bundle: refuse (appliance/bundles/fallback.py).
         self.refuse_all = False
 
     # -- the failure policy wrapper --------------------------------------------------------

@@ -8,16 +8,27 @@ clients are forgotten, which only ever gives a forgotten client a full bucket ag
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from filters import _dns_kernels as K
 from filters.dns_fast import client_key
 
-__all__ = ["RateLimiter", "ArrayRateLimiter", "disabled_limiter", "MAX_TRACKED_CLIENTS"]
+__all__ = ["ClientLimiter", "RateLimiter", "ArrayRateLimiter", "disabled_limiter", "MAX_TRACKED_CLIENTS"]
 
 # A school has a few thousand devices; 65,536 buckets (~10 MB) cover a /16 and keep a
 # flood of spoofed sources from growing memory.
 MAX_TRACKED_CLIENTS = 65536
+
+
+class ClientLimiter(Protocol):
+    """Per-client admission: :class:`RateLimiter` (a dict of buckets, the Python path) or
+    :class:`ArrayRateLimiter` (buckets in arrays the fast path's kernel updates too)."""
+
+    def allow(self, client: str, now: float) -> bool:
+        """Take a token from ``client``'s bucket; False when it has none (drop the query)."""
+        ...
 
 
 class RateLimiter:

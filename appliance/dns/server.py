@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Callable
+from functools import partial
+from typing import Callable, cast
 
 from appliance.dns.fastpath import FastPath, warm_up
 from appliance.dns.fastpath import usable as fast_usable
@@ -70,8 +71,8 @@ def open_sockets(listen: tuple[tuple[str, int], ...], reuse_port: bool = False) 
                     s.listen(128)
             out.append((pair[0], pair[1]))
     except OSError:
-        for pair in out:
-            for s in pair:
+        for made in out:
+            for s in made:
                 s.close()
         raise
     return out
@@ -144,16 +145,19 @@ class DnsServer:
                 except OSError:
                     self.send_errors += 1
             else:
-                self._forward(res, lambda answer, a=addr: self._udp_send(sock, answer, a))
+                self.forward(cast(Forward, res), partial(self.send_udp, sock, addr=addr))
 
-    def _udp_send(self, sock: socket.socket, answer: bytes, addr) -> None:
+    def send_udp(self, sock: socket.socket, answer: bytes, addr: tuple) -> None:
+        """Send one answer; a failed send is counted (the client retries), never raised."""
         try:
             sock.sendto(answer, addr)
         except OSError:
             self.send_errors += 1
 
     # -- forwarding (shared) ---------------------------------------------------------------
-    def _forward(self, fwd: Forward, send: Callable[[bytes], None]) -> asyncio.Task | None:
+    def forward(self, fwd: Forward, send: Callable[[bytes], None]) -> asyncio.Task | None:
+        """Resolve ``fwd`` upstream in a task that calls ``send`` with the answer (SERVFAIL at
+        once when MAX_PENDING_FORWARDS are already waiting)."""
         if len(self._tasks) >= MAX_PENDING_FORWARDS:
             self.pipeline.counters.servfail += 1
             answer = error_response(fwd.buf, RCODE_SERVFAIL, fwd.query)
@@ -224,7 +228,7 @@ class DnsServer:
                 if res.__class__ is bytes:
                     send(res)
                 else:
-                    task = self._forward(res, send)
+                    task = self.forward(cast(Forward, res), send)
                     if task is not None:
                         mine.add(task)
                         task.add_done_callback(mine.discard)

@@ -19,7 +19,7 @@ flight finish with the pipeline they started with, so the old maps stay alive (a
 a pruned bundle's files live on while mapped) until the last of them is answered. A bundle
 the config cannot use (a policy names a category it lacks) is refused and logged once; the
 old one keeps serving. With a single worker, the update scheduler runs here too
-(appliance/scheduler.py); with several, in the supervisor (appliance/dns/workers.py).
+(appliance/updates/scheduler.py); with several, in the supervisor (appliance/dns/workers.py).
 """
 
 from __future__ import annotations
@@ -28,35 +28,30 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import time
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
-from appliance.config import Config, ConfigErrors, load_config
+from appliance.bundles.fallback import HOW_REFUSING
+from appliance.bundles.select import resolve_bundle
+from appliance.bundles.served import Builder, Built, log_serving, run_record
+from appliance.child import ChildProcess
+from appliance.clock import utc_now, utc_text
+from appliance.config.load import Config, ConfigErrors
 from appliance.dns.cache import ArrayCache, WireCache
 from appliance.dns.observe import Observer
 from appliance.dns.pipeline import Pipeline
-from appliance.dns.policy_state import PolicyState, utc_now
 from appliance.dns.ratelimit import ArrayRateLimiter, RateLimiter
 from appliance.dns.server import DnsServer, open_sockets
 from appliance.dns.upstream import UpstreamSet, upstream_text
-from appliance.no_bundle import HOW_REFUSING, fallback_bundle
-from appliance.embedded import DEFAULT_CONFIG, open_selected, resolve_bundle, user_state_dir
-from appliance.flows import CaptureChild
-from appliance.querylog import FLUSH_PERIOD
-from appliance.stats import SharedStats
-from appliance.scheduler import UpdateScheduler
-from appliance.web.process import WebProcess, start_web
-from appliance.state import clear_run_state, write_run_state
-from filters.catalog import Catalog
-from filters.domain_matcher import DomainMatcher
-from filters.errors import ConfigError, InputError, SchoolgateError, Where
-from filters.policy import PolicySet
-from signatures.bundle import Bundle, open_bundle
+from appliance.observe.querylog import FLUSH_PERIOD
+from appliance.observe.stats import SharedStats
+from appliance.updates.scheduler import UpdateScheduler
+from appliance.updates.state import clear_run_state, write_run_state
+from filters.errors import SchoolgateError
 
-__all__ = ["load_run_config", "policy_errors", "Built", "build", "Service", "run_service", "check_catalog",
-           "WATCH_PERIOD", "make_scheduler", "run_record", "utc_text", "log_serving"]
+__all__ = ["Assembly", "Service", "WATCH_PERIOD"]
 
 log = logging.getLogger("schoolgate")
 
@@ -65,95 +60,14 @@ log = logging.getLogger("schoolgate")
 WATCH_PERIOD = 0.5
 
 
-def load_run_config(path: str | None) -> Config:
-    """The config at ``path``, or the embedded default with a per-user state directory."""
-    if path is not None:
-        return load_config(path)
-    cfg = load_config(DEFAULT_CONFIG)
-    return cfg if "state_dir" in cfg.raw else replace(cfg, state_dir=user_state_dir())
+class Assembly(Builder, Protocol):
+    """What the owner process needs from the composition root (appliance/compose.py) besides
+    rebuilding: the update scheduler for a config and the forked children."""
 
+    def scheduler(self, cfg: Config) -> UpdateScheduler | None: ...
 
-def policy_errors(cfg: Config, catalog: Catalog) -> list[ConfigError]:
-    """What only the bundle can tell: unknown category names, a block page with no address."""
-    errors = []
-    for p in cfg.policies.values():
-        try:
-            catalog.mask(p.block)
-            for entry in p.schedule:
-                catalog.mask(entry.block)
-        except InputError as exc:
-            errors.append(ConfigError(f"policy {p.name}: {exc.message}", p.where or Where(cfg.file)))
-        if p.block_mode == "blockpage" and not cfg.dns.blockpage:
-            errors.append(ConfigError(f"policy {p.name}: block_mode blockpage needs dns.blockpage addresses",
-                                      p.where or Where(cfg.file)))
-    return errors
-
-
-@dataclass
-class Built:
-    cfg: Config
-    bundle: Bundle
-    how: str  # configured | active | demo | refusing | unfiltered (appliance/no_bundle.py)
-    matcher: DomainMatcher
-    policies: PolicySet
-    # Schedules and temporary allows: rebuilds matcher + policies when they change
-    policy_state: PolicyState | None = None
-
-
-def build(cfg: Config, bundle_at: tuple[Path, str] | None = None) -> Built:
-    """Everything a config needs before it can serve; raises ConfigErrors / BundleError.
-    ``bundle_at`` (path, how) names the bundle; by default the one the config selects
-    (installing the demo bundle when there is none)."""
-    if bundle_at is None:
-        try:
-            bundle, how = open_selected(cfg)
-        except SchoolgateError as exc:  # nothing opens: what config no_bundle says
-            bundle, how = fallback_bundle(cfg, exc)
-    else:
-        bundle, how = open_bundle(bundle_at[0]), bundle_at[1]
-    matcher = bundle.domain_matcher().with_local(cfg.local_block, cfg.local_allow)
-    errors = policy_errors(cfg, bundle.catalog)
-    if errors:
-        raise ConfigErrors(errors)
-    # Policies as in force now (schedules, temporary allows, SafeSearch, DoH): see
-    # appliance/dns/policy_state.py; without a default policy every category is blocked.
-    state = PolicyState(cfg, bundle.catalog, matcher)
-    matcher, policies = state.build()
-    return Built(cfg, bundle, how, matcher, policies, state)
-
-
-def make_scheduler(config_path: str | None, cfg: Config) -> UpdateScheduler | None:
-    """The update scheduler for ``cfg`` (None without ``updates:``)."""
-    if cfg.updates is None or config_path is None:
-        return None
-    found = resolve_bundle(cfg)
-    return UpdateScheduler(config_path, cfg.state_dir, cfg.updates,
-                           have_signed_bundle=found is not None and found[1] != "demo")
-
-
-def run_record(built: Built, since: str, started: str, workers: int) -> dict:
-    """run.json: what `schoolgate status` shows about the running appliance."""
-    b = built.bundle
-    return {"pid": os.getpid(), "started": started, "config": built.cfg.file, "workers": workers,
-            "listen": [f"{h}:{p}" for h, p in built.cfg.dns.listen],
-            "bundle": {"path": str(b.path), "version": b.version, "demo": b.demo, "how": built.how,
-                       "since": since}}
-
-
-def utc_text() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def log_serving(built: Built, what: str | None, worker: int | None = None) -> None:
-    """Log the bundle served (``what``: the event) and, for the demo, a warning saying so."""
-    b = built.bundle
-    if what:
-        log.info(what, extra={"worker": worker, "bundle": str(b.path), "bundle_version": b.version,
-                              "bundle_source": built.how, "demo": b.demo})
-    if b.demo:
-        log.warning("serving the DEMO bundle (version %d: demo excerpts of public lists, signed with "
-                    "public demo keys) - not for real filtering; configure updates: with your "
-                    "district's repository", b.version, extra={"worker": worker})
+    def children(self, built: Built, stats: SharedStats | None,
+                 close_in_child: list[socket.socket]) -> list[ChildProcess]: ...
 
 
 class Service:
@@ -163,9 +77,9 @@ class Service:
     ``owner``: this process is the whole appliance (no supervisor), so it also runs the
     update scheduler and writes run.json."""
 
-    def __init__(self, config_path: str | None, prebuilt: Built | None = None, reuse_port: bool = False,
+    def __init__(self, assembly: Assembly, prebuilt: Built | None = None, reuse_port: bool = False,
                  worker: int | None = None, owner: bool = True, stats: SharedStats | None = None) -> None:
-        self.config_path = config_path
+        self.assembly = assembly
         self.prebuilt = prebuilt
         self.reuse_port = reuse_port
         self.worker = worker
@@ -179,16 +93,16 @@ class Service:
         self._watch: asyncio.TimerHandle | None = None
         self._started = utc_text()
         # Schedules and temporary allows are looked at every WATCH_PERIOD in every serving
-        # process (appliance/dns/policy_state.py); the wall clock is a seam for tests.
+        # process (appliance/policy/state.py); the wall clock is a seam for tests.
         self.wall_clock = utc_now
         self._policy_watch: asyncio.TimerHandle | None = None
-        self.web: WebProcess | None = None  # the web page's process (owner only)
-        self.capture: CaptureChild | None = None  # the flow inspection process (owner only)
+        # The owner's forked children: the web page and flow inspection (appliance/compose.py).
+        self.children: list[ChildProcess] = []
         # Counters shared with the other processes and the query log (appliance/dns/observe.py).
         self.obs = Observer(stats, worker, owner, self._started)
         self._obs: asyncio.TimerHandle | None = None
 
-    def _pipeline(self, built: Built, cache: WireCache) -> Pipeline:
+    def _pipeline(self, built: Built, cache: WireCache | ArrayCache) -> Pipeline:
         d = built.cfg.dns
         limiter_type = ArrayRateLimiter if d.fast_path else RateLimiter  # the fast path shares its buckets
         limiter = limiter_type(d.rate_limit, d.rate_burst) if d.rate_limit > 0 else None
@@ -223,7 +137,7 @@ class Service:
         return [u.status(ups.clock()) for u in ups.upstreams]
 
     async def run(self, ready: asyncio.Event | None = None) -> int:
-        built = self.prebuilt or build(load_run_config(self.config_path))
+        built = self.prebuilt or self.assembly.reload()
         d = built.cfg.dns
         self.obs.setup(built.cfg, built.bundle.catalog.names)
         sockets = open_sockets(d.listen, reuse_port=self.reuse_port)
@@ -248,13 +162,10 @@ class Service:
                                  "upstreams": [upstream_text(u) for u in d.upstreams], "config": built.cfg.file})
         log_serving(built, None, self.worker)
         if self.owner:
-            self.scheduler = make_scheduler(self.config_path, built.cfg)
+            self.scheduler = self.assembly.scheduler(built.cfg)
             self._write_run_state(self._started)
-            # The web page, a forked child (appliance/web/process.py): it closes these sockets.
-            self.web = start_web(self.config_path, built.cfg, self.stats, built,
-                                 [s for pair in sockets for s in pair])
-            # Flow inspection (appliance/flows.py), a forked child when flows.enabled.
-            self.capture = CaptureChild(self.config_path, built, self.stats)
+            # The web page (it closes these sockets) and flow inspection, forked children.
+            self.children = self.assembly.children(built, self.stats, [s for pair in sockets for s in pair])
         if self.owner:  # a worker swaps when its supervisor says so (SIGUSR2)
             self._watch = loop.call_later(WATCH_PERIOD, self._tick)
         else:
@@ -275,10 +186,8 @@ class Service:
                 self._policy_watch.cancel()
             if self.scheduler is not None:
                 self.scheduler.stop()
-            if self.web is not None:
-                self.web.stop()
-            if self.capture is not None:
-                self.capture.stop()  # its nftables table goes with it
+            for child in self.children:
+                child.stop()  # the capture process's nftables table goes with it
             if self.owner:
                 clear_run_state(built.cfg.state_dir, os.getpid())
         log.info("stopping")
@@ -300,10 +209,8 @@ class Service:
         try:
             if self.scheduler is not None:
                 self.scheduler.poll()
-            if self.web is not None:
-                self.web.poll()
-            if self.capture is not None:
-                self.capture.poll()
+            for child in self.children:
+                child.poll()
             self.swap_if_changed()
         except Exception:  # a bug of ours must not end the watch: log it, keep serving
             log.exception("bundle watch failed")
@@ -324,7 +231,7 @@ class Service:
         if found is None or found[0] == self.built.bundle.path or found[0] == self._refused:
             return False
         try:
-            built = build(self.built.cfg, found)
+            built = self.assembly.with_bundle(self.built.cfg, found)
         except ConfigErrors as exc:
             self._refused = found[0]
             for e in exc.errors:
@@ -392,8 +299,7 @@ class Service:
         """Load and build the config again; swap only if all of it is valid."""
         assert self.server is not None and self.built is not None
         try:
-            cfg = load_run_config(self.config_path)
-            built = build(cfg)
+            built = self.assembly.reload()
         except ConfigErrors as exc:
             for e in exc.errors:
                 log.error("config refused, keeping the running one: %s", e, extra={"where": str(e.where)})
@@ -407,14 +313,10 @@ class Service:
             log.warning("dns.listen and dns.workers take effect at the next restart")
         self._install(built)
         if self.owner:
-            self._reschedule(cfg)
+            self._reschedule(built.cfg)
             self._write_run_state(utc_text())
-            if self.capture is not None:
-                self.capture.reload(built)
-            if self.web is not None:
-                self.web.reload(built.cfg, built)
-            elif built.cfg.web.enabled:
-                self.web = start_web(self.config_path, built.cfg, self.stats, built)
+            for child in self.children:
+                child.reload(built)
         log.info("config reloaded", extra={"bundle": str(built.bundle.path), "bundle_version": built.bundle.version})
         return True
 
@@ -422,7 +324,7 @@ class Service:
         if cfg.updates is None or self.scheduler is None:
             if self.scheduler is not None:
                 self.scheduler.stop()
-            self.scheduler = make_scheduler(self.config_path, cfg)
+            self.scheduler = self.assembly.scheduler(cfg)
         else:
             self.scheduler.reconfigure(cfg.file, cfg.updates)
 
@@ -441,31 +343,3 @@ class Service:
         if self.server is not None:
             log.info("counters", extra={"counters": self.counters()})
 
-
-def run_service(config_path: str | None) -> int:
-    cfg = load_run_config(config_path)
-    # run.json, counters, logs and flow state live here even when the config names its own
-    # bundle (nothing else would create the directory then). Not being able to is not fatal:
-    # filtering matters more than the reports, and each writer says what failed.
-    try:
-        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    except OSError as exc:
-        log.error("cannot create the state directory %s: %s", cfg.state_dir, exc)
-    if cfg.dns.workers > 1:
-        from appliance.dns.workers import Supervisor
-
-        return Supervisor(config_path, build(cfg)).run()
-    return asyncio.run(Service(config_path).run())
-
-
-def check_catalog(cfg: Config) -> Catalog:
-    """The categories check-config validates policies against: those of the bundle ``run``
-    would serve, without installing anything (before the demo bundle is installed, its
-    categories come from the demo sources file)."""
-    from appliance.embedded import DEMO_SOURCES
-    from signatures.sources import load_sources
-
-    found = resolve_bundle(cfg)
-    if found is not None:
-        return open_bundle(found[0]).catalog
-    return Catalog(tuple(c.name for c in load_sources(DEMO_SOURCES).categories), ())

@@ -13,7 +13,7 @@ of them, so a query waits at most MAX_TRIES × timeout. When all are down one is
 tried (that is how recovery is noticed), but only one. Plain and DoT upstreams are one list:
 a DoT upstream that fails is skipped like a plain one, in configured order.
 
-Every try is counted in the process's stats slot (appliance/stats.py): per upstream index,
+Every try is counted in the process's stats slot (appliance/observe/stats.py): per upstream index,
 queries, failures and a latency histogram.
 """
 
@@ -30,7 +30,7 @@ from typing import Callable
 
 from appliance.dns.dot import DotConnection, tls_context
 from appliance.dns.pipeline import Forward
-from appliance.stats import StatsSlot
+from appliance.observe.stats import StatsSlot
 from filters.dns_response import answers_question
 
 __all__ = ["Upstream", "UpstreamSet", "MAX_TRIES", "upstream_text"]
@@ -105,7 +105,8 @@ class UpstreamSet:
         old = {u.key: u for u in self.upstreams}
         new = []
         for i, a in enumerate(addresses):
-            u = old.pop(tuple(a), None) or Upstream(a[0], a[1], a[2] if len(a) > 2 else None)
+            kept = old.pop(tuple(a), None)
+            u = kept if kept is not None else Upstream(a[0], a[1], a[2] if len(a) > 2 else None)
             u.index = i
             new.append(u)
         for u in old.values():

@@ -9,12 +9,12 @@ Signals: SIGTERM/SIGINT stop every worker (and then the supervisor); SIGHUP is c
 the supervisor first — an invalid config is refused once, here, and the workers never see
 it; a valid one is rebuilt here (so restarted workers fork from it) and passed on as SIGHUP
 for each worker to reload; SIGUSR1 logs the counters of all workers (summed here, from the
-shared counters every worker adds into: appliance/stats.py, mapped before the first fork).
+shared counters every worker adds into: appliance/observe/stats.py, mapped before the first fork).
 A worker that dies is restarted (into its slot of the counters), at most once per
 RESTART_DELAY per slot so that a crash loop cannot spin. The supervisor writes counters.json
-every COUNTERS_PERIOD and runs the query log's retention job (appliance/querylog.py).
+every COUNTERS_PERIOD and runs the query log's retention job (appliance/observe/querylog.py).
 
-Updates: the supervisor runs the update scheduler (appliance/scheduler.py; SIGUSR2 = check
+Updates: the supervisor runs the update scheduler (appliance/updates/scheduler.py; SIGUSR2 = check
 now), so the repository sees one poll per appliance, not one per worker. It watches
 ``bundles/current``; when an update (its own or a manual one) has moved it, it rebuilds (so
 that a restarted worker forks from the new bundle), records what is served in run.json and
@@ -32,20 +32,22 @@ import os
 import signal
 import time
 
-from appliance.child import die_with_parent, reap
-from appliance.config import ConfigErrors
+from pathlib import Path
+
+from appliance.bundles.select import resolve_bundle
+from appliance.bundles.served import Built, log_serving, run_record
+from appliance.child import ChildProcess, die_with_parent, reap
+from appliance.clock import utc_text
+from appliance.config.load import ConfigErrors
 from appliance.dns.fastpath import warm_up
 from appliance.dns.server import open_sockets
+from appliance.dns.service import Assembly, Service
 from appliance.memory import release_file_pages
-from appliance.dns.service import (Built, Service, utc_text, build, load_run_config, log_serving,
-                                   make_scheduler, run_record)
-from appliance.embedded import resolve_bundle
-from appliance.querylog import RETENTION_PERIOD, ClientPrivacy, enforce_retention
-from appliance.stats import SharedStats, slots_for
-from appliance.status import COUNTERS_PERIOD, seed_counters, write_counters
-from appliance.flows import CaptureChild
-from appliance.state import clear_run_state, write_run_state
-from appliance.web.process import WebProcess, start_web
+from appliance.observe.querylog import RETENTION_PERIOD, ClientPrivacy, enforce_retention
+from appliance.observe.stats import SharedStats, slots_for
+from appliance.observe.status import COUNTERS_PERIOD, seed_counters, write_counters
+from appliance.updates.scheduler import UpdateScheduler
+from appliance.updates.state import clear_run_state, write_run_state
 from filters.errors import SchoolgateError
 
 __all__ = ["Supervisor", "RESTART_DELAY"]
@@ -58,23 +60,23 @@ _STOP_GRACE = 10.0  # seconds workers get to exit after SIGTERM before SIGKILL
 
 
 class Supervisor:
-    def __init__(self, config_path: str | None, built: Built) -> None:
-        self.config_path = config_path
+    def __init__(self, assembly: Assembly, built: Built) -> None:
+        self.assembly = assembly
         self.built = built
         self.n = built.cfg.dns.workers
         self.pids: dict[int, int] = {}  # pid -> slot
         self._last_start: dict[int, float] = {}
         self._flags: set[int] = set()
-        self.scheduler = None
+        self.scheduler: UpdateScheduler | None = None
         self._started = utc_text()
-        self._refused = None  # a bundle the config could not use: not retried
-        # Counters every worker adds into (appliance/stats.py): mapped before the first fork.
+        self._refused: Path | None = None  # a bundle the config could not use: not retried
+        # Counters every worker adds into (appliance/observe/stats.py): mapped before the first fork.
         self.stats: SharedStats | None = None
         self._since = self._started
         self._next_report = 0.0
         self._next_retention = 0.0
-        self.web: WebProcess | None = None
-        self.capture: CaptureChild | None = None  # flow inspection (appliance/flows.py)
+        # The web page and flow inspection, forked children like the workers (appliance/compose.py).
+        self.children: list[ChildProcess] = []
 
     def _spawn(self, slot: int) -> None:
         self._last_start[slot] = time.monotonic()
@@ -93,7 +95,7 @@ class Supervisor:
                 # "swap now" arriving before the worker listens for it must not kill it; the
                 # worker looks for a newer bundle once it is ready anyway.
                 signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-                code = asyncio.run(Service(self.config_path, self.built, reuse_port=True, worker=slot,
+                code = asyncio.run(Service(self.assembly, self.built, reuse_port=True, worker=slot,
                                            owner=False, stats=self.stats).run())
             except BaseException:
                 log.exception("worker %d failed", slot)
@@ -121,12 +123,10 @@ class Supervisor:
         for slot in range(self.n):
             self._spawn(slot)
         log.info("supervisor started %d workers", self.n, extra={"pids": sorted(self.pids)})
-        self.scheduler = make_scheduler(self.config_path, self.built.cfg)
+        self.scheduler = self.assembly.scheduler(self.built.cfg)
         self._write_run_state(self._started)
-        # The web page, a forked child like the workers (appliance/web/process.py).
-        self.web = start_web(self.config_path, self.built.cfg, getattr(self, "stats", None), self.built)
-        # Flow inspection, a forked child when flows.enabled; it follows bundle swaps itself.
-        self.capture = CaptureChild(self.config_path, self.built, getattr(self, "stats", None))
+        # The capture process follows bundle swaps itself.
+        self.children = self.assembly.children(self.built, self.stats, [])
         while True:
             time.sleep(_TICK)  # interrupted early by any signal
             flags, self._flags = self._flags, set()
@@ -152,6 +152,7 @@ class Supervisor:
 
     def _observe(self, now: float, final: bool = False) -> None:
         """counters.json every COUNTERS_PERIOD; the query log retention hourly (and at start)."""
+        assert self.stats is not None  # mapped by run() before anything reports
         cfg = self.built.cfg
         if final or now >= self._next_report:
             self._next_report = now + COUNTERS_PERIOD
@@ -167,7 +168,7 @@ class Supervisor:
         if found is None or found[0] in (self.built.bundle.path, self._refused):
             return
         try:
-            built = build(self.built.cfg, found)
+            built = self.assembly.with_bundle(self.built.cfg, found)
         except SchoolgateError as exc:
             self._refused = found[0]
             log.error("new bundle refused, the running one stays: %s", exc, extra={"bundle": str(found[0])})
@@ -195,10 +196,8 @@ class Supervisor:
 
     def _reap(self) -> None:
         # Worker by worker, not waitpid(-1): the updater child is the scheduler's to reap.
-        if self.web is not None:
-            self.web.poll()
-        if self.capture is not None:
-            self.capture.poll()
+        for child in self.children:
+            child.poll()
         for pid in list(self.pids):
             status = reap(pid)
             if status is None:
@@ -213,7 +212,7 @@ class Supervisor:
 
     def _reload(self) -> None:
         try:
-            built = build(load_run_config(self.config_path))
+            built = self.assembly.reload()
         except ConfigErrors as exc:
             for e in exc.errors:
                 log.error("config refused, keeping the running one: %s", e, extra={"where": str(e.where)})
@@ -227,14 +226,10 @@ class Supervisor:
         else:
             if self.scheduler is not None:
                 self.scheduler.stop()
-            self.scheduler = make_scheduler(self.config_path, built.cfg)
+            self.scheduler = self.assembly.scheduler(built.cfg)
         self._write_run_state(utc_text())
-        if self.web is not None:
-            self.web.reload(built.cfg, built)
-        elif built.cfg.web.enabled:
-            self.web = start_web(self.config_path, built.cfg, getattr(self, "stats", None), built)
-        if self.capture is not None:
-            self.capture.reload(built)
+        for child in self.children:
+            child.reload(built)
         self._tell(signal.SIGHUP)
 
     def _tell(self, sig: int) -> None:
@@ -248,10 +243,8 @@ class Supervisor:
         if self.scheduler is not None:
             self.scheduler.stop()
         clear_run_state(self.built.cfg.state_dir, os.getpid())
-        if self.web is not None:
-            self.web.stop()
-        if self.capture is not None:
-            self.capture.stop()  # before waitpid(-1) below could reap it
+        for child in self.children:
+            child.stop()  # before waitpid(-1) below could reap the capture process
         self._tell(signal.SIGTERM)
         deadline = time.monotonic() + _STOP_GRACE
         while self.pids and time.monotonic() < deadline:

@@ -10,18 +10,3 @@
     metrics.py   Prometheus text exposition of that record
     pages.py     server-rendered HTML (every value escaped), charts.py its inline SVG
 """
-
-from __future__ import annotations
-
-__all__ = ["WebProcess", "start_web"]
-
-
-def __getattr__(name: str):
-    # Imported on first use (PEP 562): the CLI registers `schoolgate web ...` through
-    # appliance.web.cli, and every other command (inspect, lookup) would otherwise pay for
-    # asyncio and the config schema at start-up (~50-70 ms measured).
-    if name in __all__:
-        from appliance.web import process
-
-        return getattr(process, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-from appliance.config import Config
+from appliance.bundles.select import resolve_bundle
+from appliance.bundles.served import Builder, Built
+from appliance.config.load import Config
+from appliance.observe.stats import SharedStats
+from appliance.policy import temporary_allow
+from appliance.updates.state import pid_alive, read_run_state
 from appliance.web import pages
 from appliance.web.audit import MAX_REASON, UnblockStore, audit, read_audit
 from appliance.web.auth import LoginThrottle, SessionStore, csrf_ok, verify_password
@@ -76,9 +81,9 @@ def _wants_html(req: Request) -> bool:
 @dataclass
 class WebApp:
     cfg: Config
-    config_path: str | None
-    stats: object | None = None
-    built: object | None = None
+    builder: Builder | None  # None: the bundle is not followed and reload() does nothing
+    stats: SharedStats | None = None
+    built: Built | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
     mono: Callable[[], float] = time.monotonic
     root: Path = Path("/")
@@ -98,31 +103,26 @@ class WebApp:
         if self.built is not None and now - self._bundle_checked < BUNDLE_CHECK:
             return self.built
         self._bundle_checked = now
-        from appliance.dns.service import build
-        from appliance.embedded import resolve_bundle
-
+        if self.builder is None:
+            return self.built
         try:
             found = resolve_bundle(self.cfg)
             if found is not None and (self.built is None or found[0] != self.built.bundle.path):
-                self.built = build(self.cfg, found)
+                self.built = self.builder.with_bundle(self.cfg, found)
         except SchoolgateError as exc:
             log.warning("web: cannot open the active bundle: %s", exc)
         return self.built
 
     def reload(self) -> None:
-        from appliance.dns.service import load_run_config
-
+        if self.builder is None:
+            return
         try:
-            self.cfg = load_run_config(self.config_path)
+            self.cfg = self.builder.config()
             self.built, self._bundle_checked = None, 0.0
         except SchoolgateError as exc:
             log.error("web: config refused, keeping the running one: %s", exc)
 
     def _temporary(self) -> list[dict]:
-        try:
-            from appliance import temporary_allow
-        except ImportError:
-            return []
         try:
             return [{"name": t.name, "policy": t.policy, "until": _utc(t.until), "by": t.by,
                      "created": _utc(t.created)} for t in temporary_allow.active(self.state_dir, self.clock())]
@@ -304,8 +304,6 @@ class WebApp:
     def _update_now(self, req: Request) -> Response:
         form = self._form(req)
         self._admin(req, form)
-        from appliance.state import pid_alive, read_run_state
-
         pid = read_run_state(self.state_dir).get("pid")
         if not pid_alive(pid):
             self._audit(req, "update-now", result="appliance not running")
@@ -315,10 +313,6 @@ class WebApp:
         return self._done(req, "update", {"ok": True, "requested": "update check", "pid": pid})
 
     def _allow_now(self, req: Request, name: str, policy: str, seconds: int, why: str) -> dict:
-        try:
-            from appliance import temporary_allow
-        except ImportError:
-            raise HttpError(503, "temporary allows are not available in this build") from None
         if policy != "*" and policy not in self._policy_names():
             raise HttpError(400, "unknown policy")
         now = self.clock()

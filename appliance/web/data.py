@@ -1,7 +1,7 @@
 """What the status page, /api/status and /metrics show: one record, gathered here.
 
-Sources: ``appliance.status.collect_status`` (run.json, update state, the bundle's
-manifest), the shared counters (``appliance.stats.SharedStats``, inherited from the owner
+Sources: ``appliance.observe.status.collect_status`` (run.json, update state, the bundle's
+manifest), the shared counters (``appliance.observe.stats.SharedStats``, inherited from the owner
 process; absent -> counters read as unavailable, the rest still shows), ``flows-state.json``
 (the capture process), the config (policies, networks), temporary allows, and the board
 (disk, memory, CPU temperature, load, uptime from /proc and /sys under an injectable root).
@@ -17,8 +17,10 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from appliance.config import Config
-from appliance.status import collect_status
+from appliance.config.load import Config
+from appliance.dns.upstream import upstream_text
+from appliance.observe.stats import UP_SUM_US
+from appliance.observe.status import collect_status
 
 __all__ = ["FLOWS_FILE", "read_flows_state", "system_health", "bundle_details", "collect",
            "software_version", "parse_time", "EMPTY_TOTALS"]
@@ -131,6 +133,13 @@ def _policies(cfg: Config, built) -> list[dict]:
     return out
 
 
+def _latency_sums_us(stats) -> list[int]:
+    """Each upstream's latency sum in µs (by index), over every slot: totals() gives only a
+    rounded average, and /metrics' histogram needs the exact, monotonic sum."""
+    rows = [stats.slot(i).upstreams[:, UP_SUM_US].copy() for i in range(stats.n)]
+    return [int(v) for v in sum(rows[1:], rows[0])] if rows else []
+
+
 def _qps(history: list[dict]) -> float | None:
     """Queries per second over the last complete minute of the history."""
     if len(history) < 2:
@@ -150,6 +159,9 @@ def collect(cfg: Config, built, stats, now: datetime, temporary: list | None = N
         names = built.bundle.catalog.names if built is not None else (lambda m: [])
         try:
             totals = stats.totals(names)
+            sums = _latency_sums_us(stats)
+            for k, row in (totals.get("upstream_latency_ms") or {}).items():
+                row["sum_us"] = sums[int(k)] if int(k) < len(sums) else None
             history = stats.history()
             top = stats.top_blocked(20)
         except Exception:  # the counters are a report: a bad read must not take the page down
@@ -161,7 +173,7 @@ def collect(cfg: Config, built, stats, now: datetime, temporary: list | None = N
     dns.update(cache_hit_ratio=round(int(t.get("cache_hits") or 0) / q, 4) if q else None, qps=_qps(history),
                counters_available=totals is not None, workers=st.get("workers"),
                listen=[f"{h}:{p}" for h, p in cfg.dns.listen],
-               upstreams=[f"{h}:{p}" for h, p in cfg.dns.upstreams], block_mode=cfg.dns.block_mode)
+               upstreams=[upstream_text(u) for u in cfg.dns.upstreams], block_mode=cfg.dns.block_mode)
     started = parse_time(st.get("started"))
     flows = read_flows_state(cfg.state_dir)
     return {

@@ -4,7 +4,7 @@ Why a forked child: a bug or a flood in the web page cannot take DNS down (DNS r
 other processes), and forking — rather than spawning a new interpreter — keeps what the
 owner already has: the imported code and jitted kernels, the bundle's maps (the block page
 looks names up with the same matcher) and the anonymous shared mmap of the counters
-(``appliance.stats.SharedStats``), which a fresh process could not reach. It works the same
+(``appliance.observe.stats.SharedStats``), which a fresh process could not reach. It works the same
 under ``Service`` (dns.workers = 1; the owner is the DNS server and forks from inside its
 event loop) and under the ``Supervisor`` (dns.workers > 1).
 
@@ -27,8 +27,12 @@ import socket
 import time
 from typing import Iterable
 
+from appliance.bundles.served import Builder, Built
 from appliance.child import die_with_parent, reap, signal_child, stop_child
-from appliance.config import Config
+from appliance.config.load import Config
+from appliance.observe.stats import SharedStats
+from appliance.web.app import WebApp
+from appliance.web.server import WebServer
 
 __all__ = ["WebProcess", "start_web", "serve", "bind", "RESTART_MIN", "RESTART_MAX"]
 
@@ -57,10 +61,8 @@ def bind(host: str, port: int) -> socket.socket:
     return s
 
 
-async def serve(app, cfg: Config, parent: int | None = None, ready: asyncio.Event | None = None) -> int:
+async def serve(app: WebApp, cfg: Config, parent: int | None = None, ready: asyncio.Event | None = None) -> int:
     """Run the web listeners of ``cfg`` for ``app`` until SIGTERM/SIGINT (or the parent is gone)."""
-    from appliance.web.server import WebServer
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -91,7 +93,7 @@ async def serve(app, cfg: Config, parent: int | None = None, ready: asyncio.Even
     return 0
 
 
-def _child(config_path: str | None, cfg: Config, stats, built, parent: int) -> int:
+def _child(builder: Builder, built: Built, stats: SharedStats | None, parent: int) -> int:
     for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     try:
@@ -101,9 +103,8 @@ def _child(config_path: str | None, cfg: Config, stats, built, parent: int) -> i
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     if not die_with_parent(parent):  # not Linux: the getppid check in serve() still ends us
         return 0
-    from appliance.web.app import WebApp
-
-    app = WebApp(cfg, config_path, stats=stats, built=built)
+    cfg = built.cfg
+    app = WebApp(cfg, builder, stats=stats, built=built)
     try:
         return asyncio.run(serve(app, cfg, parent))
     except OSError as exc:
@@ -115,10 +116,10 @@ def _child(config_path: str | None, cfg: Config, stats, built, parent: int) -> i
 class WebProcess:
     """The owner's handle: start, poll (restart a dead child), reload, stop."""
 
-    def __init__(self, config_path: str | None, cfg: Config, stats=None, built=None,
+    def __init__(self, builder: Builder, built: Built, stats: SharedStats | None = None,
                  close_in_child: Iterable[socket.socket] = ()) -> None:
-        self.config_path = config_path
-        self.cfg = cfg
+        self.builder = builder
+        self.cfg = built.cfg
         self.stats = stats
         self.built = built
         self.close_in_child = list(close_in_child)
@@ -145,7 +146,7 @@ class WebProcess:
                         s.close()
                     except OSError:
                         pass
-                code = _child(self.config_path, self.cfg, self.stats, self.built, os.getppid())
+                code = _child(self.builder, self.built, self.stats, os.getppid())
             except BaseException:
                 log.exception("web process failed")
             finally:
@@ -174,10 +175,11 @@ class WebProcess:
             self.restarts += 1
             self.start()
 
-    def reload(self, cfg: Config, built=None) -> None:
-        """A new config: the child reloads it (SIGHUP), or restarts when web: changed."""
+    def reload(self, built: Built) -> None:
+        """A new config: the child reloads it (SIGHUP), starts or restarts when web: changed."""
+        cfg = built.cfg
         changed = cfg.web != self.cfg.web
-        self.cfg, self.built = cfg, built or self.built
+        self.cfg, self.built = cfg, built
         if not cfg.web.enabled:
             self.stop()
         elif changed or self.pid is None:
@@ -196,11 +198,11 @@ class WebProcess:
         stop_child(pid, _STOP_GRACE)
 
 
-def start_web(config_path: str | None, cfg: Config, stats=None, built=None,
-              close_in_child: Iterable[socket.socket] = ()) -> WebProcess | None:
-    """Fork the web process when the config enables it (None otherwise)."""
-    if not cfg.web.enabled:
-        return None
-    w = WebProcess(config_path, cfg, stats, built, close_in_child)
-    w.start()
+def start_web(builder: Builder, built: Built, stats: SharedStats | None = None,
+              close_in_child: Iterable[socket.socket] = ()) -> WebProcess:
+    """The web process's handle, forked at once when the config enables it (a later reload
+    that enables it starts it)."""
+    w = WebProcess(builder, built, stats, close_in_child)
+    if built.cfg.web.enabled:
+        w.start()
     return w

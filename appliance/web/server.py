@@ -1,15 +1,25 @@
 """The web listeners: asyncio, one request per connection, every wait bounded.
 
-Why hand-written on asyncio rather than the stdlib ``http.server``: http.server reads the
+Why our own loop on asyncio rather than the stdlib ``http.server``: http.server reads the
 body with no size cap of its own, has no deadline for a whole request (a socket timeout per
 ``recv`` lets a slowloris client trickle a byte every few seconds for ever), answers with a
 thread per connection (ThreadingHTTPServer) and accepts HTTP/0.9-style and folded requests —
-all of which we would have to patch around. Here the parser (``web/http.py``) is a small
-sans-IO function with named limits, and this module adds the deadlines: the head and the
-body must both arrive within REQUEST_TIMEOUT of the connection being accepted, the answer
-must be written within WRITE_TIMEOUT, at most MAX_CONNECTIONS connections are served at once
-(MAX_PER_CLIENT per address) and extra ones are closed at accept. One process, one event
-loop: the web page needs no threads (scrypt runs in a worker thread, see app.py).
+all of which we would have to patch around. Here the bytes go to ``web/http.py``'s
+RequestParser (h11 underneath: the grammar is h11's, the caps and the subset we serve are
+ours), and this module owns the I/O and every deadline and count, none of which h11 has:
+
+- the head and the body must both arrive within REQUEST_TIMEOUT of the connection being
+  accepted (one deadline for the whole request, not one per read: 408 after it);
+- the answer must be written within WRITE_TIMEOUT, else the connection is aborted;
+- at most MAX_CONNECTIONS connections are served at once (MAX_PER_CLIENT per address) and
+  extra ones are closed at accept;
+- a refused request (4xx/5xx before the request was read to its end) is answered, the
+  sending side shut down and what the client still sends read and dropped for at most
+  LINGER_TIMEOUT / LINGER_BYTES before closing: closing with unread bytes would send a RST,
+  which can destroy the answer in the client's receive buffer before it is read.
+
+One request per connection, every answer ``Connection: close``. One process, one event loop:
+the web page needs no threads (scrypt runs in a worker thread, see app.py).
 """
 
 from __future__ import annotations
@@ -19,10 +29,10 @@ import logging
 import socket
 from typing import Awaitable, Callable
 
-from appliance.web.http import MAX_HEAD, MAX_REQUEST_LINE, HttpError, Request, Response, parse_head
+from appliance.web.http import MAX_BODY, MAX_HEAD, HttpError, Request, RequestParser, Response
 
 __all__ = ["WebServer", "security_headers", "REQUEST_TIMEOUT", "WRITE_TIMEOUT", "MAX_CONNECTIONS",
-           "MAX_PER_CLIENT", "CSP"]
+           "MAX_PER_CLIENT", "LINGER_TIMEOUT", "LINGER_BYTES", "CSP"]
 
 log = logging.getLogger("schoolgate.web")
 
@@ -30,6 +40,11 @@ log = logging.getLogger("schoolgate.web")
 # how long a slowloris connection can hold one of the MAX_CONNECTIONS slots.
 REQUEST_TIMEOUT = 10.0
 WRITE_TIMEOUT = 10.0
+# After a refusal: long enough for the client to read the answer and close, short enough
+# that a refused connection frees its slot quickly; the bytes bound what we read to drop.
+LINGER_TIMEOUT = 2.0
+LINGER_BYTES = 4 * MAX_BODY
+READ_SIZE = 8192
 # A status page has a handful of viewers; the block page gets one request per blocked page
 # load from each client — 256 parallel is far above a school's burst and bounds memory.
 MAX_CONNECTIONS = 256
@@ -85,11 +100,17 @@ class WebServer:
         self.active += 1
         self.per_client[addr] = self.per_client.get(addr, 0) + 1
         try:
-            resp, head_only = await self._answer(reader, addr)
+            resp, head_only, whole = await self._answer(reader, addr)
             if resp is not None:
                 writer.write(resp.encode(head_only, security_headers()))
-                await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
-        except (ConnectionError, asyncio.TimeoutError, OSError):
+                try:
+                    await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+                except TimeoutError:
+                    writer.transport.abort()  # a client that does not read: drop the unsent rest
+                    return
+                if not whole:
+                    await self._linger(reader, writer)
+        except (TimeoutError, ConnectionError, OSError):
             pass
         finally:
             self.active -= 1
@@ -100,32 +121,46 @@ class WebServer:
                 self.per_client.pop(addr, None)
             writer.close()
 
-    async def _answer(self, reader: asyncio.StreamReader, addr: str) -> tuple[Response | None, bool]:
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Shut our side down, then read and drop what the client still sends, bounded."""
+        if not writer.can_write_eof():
+            return
+        writer.write_eof()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + LINGER_TIMEOUT
+        budget = LINGER_BYTES
+        while budget > 0 and (left := end - loop.time()) > 0:
+            data = await asyncio.wait_for(reader.read(READ_SIZE), left)
+            if not data:
+                return
+            budget -= len(data)
+
+    async def _answer(self, reader: asyncio.StreamReader, addr: str) -> tuple[Response | None, bool, bool]:
+        """(answer or None for no answer, HEAD, whether the request was read to its end)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout
+        parser = RequestParser()
         try:
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.request_timeout)
-            except asyncio.LimitOverrunError:
-                first = reader._buffer[:MAX_REQUEST_LINE + 2]  # what overran: the line or the headers?
-                raise HttpError(414 if b"\r\n" not in first else 431, "request head too large") from None
-            except asyncio.IncompleteReadError:
-                return None, False  # closed before a whole head: nothing to answer
-            req = parse_head(head[:-4])
-            req.client = addr
-            if req.content_length:
+            req = None
+            while req is None:
                 left = deadline - loop.time()
                 if left <= 0:
-                    raise asyncio.TimeoutError
-                try:
-                    req.body = await asyncio.wait_for(reader.readexactly(req.content_length), left)
-                except asyncio.IncompleteReadError:
-                    return None, False
+                    raise TimeoutError
+                data = await asyncio.wait_for(reader.read(READ_SIZE), left)
+                if not data:
+                    return None, False, False  # closed before a whole request: nothing to answer
+                req = parser.feed(data)
+            req.client = addr
         except HttpError as e:
-            return _error_page(e), False
-        except asyncio.TimeoutError:
+            return _error_page(e), False, False
+        except TimeoutError:
             self.timeouts += 1
-            return _error_page(HttpError(408, "request not received in time")), False
+            return _error_page(HttpError(408, "request not received in time")), False, False
+        except (ConnectionError, OSError):
+            raise
+        except Exception:  # a parser bug of ours: log it, refuse the request, keep serving
+            log.exception("web request parsing failed", extra={"client": addr})
+            return _error_page(HttpError(400, "malformed request")), False, False
         try:
             resp = await self.handler(req)
         except HttpError as e:
@@ -133,4 +168,4 @@ class WebServer:
         except Exception:  # a bug of ours: log it, answer 500, keep serving
             log.exception("web handler failed", extra={"path": req.path})
             resp = _error_page(HttpError(500, "internal error"))
-        return resp, req.method == "HEAD"
+        return resp, req.method == "HEAD", True

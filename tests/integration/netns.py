@@ -17,7 +17,7 @@ Small on purpose (the flow and gateway tests build on it)::
   test processes.
 - Teardown kills what :meth:`Namespace.popen` started (its process group), then every
   process still inside the namespace, then deletes it (which deletes its veth ends).
-- Every command has a timeout (default 10 s); nothing waits unbounded.
+- Every command has a timeout (default 60 s, a safety net); nothing waits unbounded.
 """
 
 from __future__ import annotations
@@ -34,32 +34,29 @@ from typing import Iterator, Sequence
 
 import pytest
 
-__all__ = ["Namespace", "namespaces", "veth", "require_netns", "cleanup_stale", "wait_for", "PREFIX"]
+from tests.wait import DEADLINE, PERIOD
+from tests.wait import wait_for as _wait_for
+
+__all__ = ["Namespace", "namespaces", "veth", "require_netns", "cleanup_stale", "wait_for", "DEADLINE", "PREFIX"]
 
 PREFIX = "sg"  # every namespace this module creates starts with it (and names its pid)
-_DEFAULT_TIMEOUT = 10.0
+_DEFAULT_TIMEOUT = 60.0  # a safety net against a hung command, not a speed limit
 
 
 def require_netns(*tools: str) -> None:
     """Skip the calling test unless it can create namespaces (root, ``ip``) and ``tools`` exist.
-    CI runs as root and installs the tools (.ci/run), so there these never skip."""
+    CI runs as root and installs the tools (tests/setup.sh), so there these never skip."""
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root (CI runs as root)")
     for tool in ("ip", *tools):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (.ci/run installs it)")
+            pytest.skip(f"{tool} not installed (as root, tests/setup.sh installs it)")
 
 
-def wait_for(predicate, timeout: float, what: str, period: float = 0.05):
-    """Poll ``predicate()`` until it returns something truthy; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(period)
+def wait_for(predicate, timeout: float = DEADLINE, what: str = "the condition", period: float = PERIOD):
+    """Poll ``predicate()`` until it returns something truthy; AssertionError after ``timeout``
+    (tests/wait.py: pass DEADLINE, the generous default, unless a shorter wait is the point)."""
+    return _wait_for(predicate, timeout, what, period)
 
 
 class Namespace:

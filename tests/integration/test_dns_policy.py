@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from appliance import temporary_allow as ta
+from appliance.policy import temporary_allow as ta
 from tests.bundles import make_bundle
 from tests.dnsservers import Proc, free_port, need_tools, start_schoolgate, wait_answer
+from tests.wait import DEADLINE, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def start_upstream(tmp: Path, port: int) -> Proc:
             "--address=/casino.test/192.0.2.66",
             "--local-ttl=120", "--user=root"]
     p = Proc(argv, tmp / f"dnsmasq-{port}.out")
-    wait_answer(port, "allowed.test", timeout=10, proc=p)
+    wait_answer(port, "allowed.test", timeout=DEADLINE, proc=p)
     return p
 
 
@@ -108,18 +108,14 @@ def test_temporary_allow_applies_and_expires(env) -> None:
     try:
         assert ("status", "NXDOMAIN", "") in dig(port, "casino.test")
         now = datetime.now(timezone.utc)
-        ta.add(tmp / "state", "casino.test", "default", now + timedelta(seconds=4), "test", now)
-        deadline = time.monotonic() + 3
-        while ("status", "NXDOMAIN", "") in dig(port, "casino.test") and time.monotonic() < deadline:
-            time.sleep(0.1)
-        allowed_at = time.monotonic()
+        until = now + timedelta(seconds=8)  # long enough to be seen in force on a loaded machine
+        ta.add(tmp / "state", "casino.test", "default", until, "test", now)
+        wait_for(lambda: ("status", "NXDOMAIN", "") not in dig(port, "casino.test"), what="the allow in force")
         assert ("casino.test", "A", "192.0.2.66") in dig(port, "casino.test")  # forwarded now
         assert ("status", "NXDOMAIN", "") in dig(port, "casino.test", source="127.0.0.3")  # not for staff
-        deadline = time.monotonic() + 8
-        while ("status", "NXDOMAIN", "") not in dig(port, "casino.test") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert ("status", "NXDOMAIN", "") in dig(port, "casino.test"), "the allow did not expire"
-        assert time.monotonic() - allowed_at < 6.5
+        wait_for(lambda: ("status", "NXDOMAIN", "") in dig(port, "casino.test"), what="the allow to expire")
+        # not before its time (the file keeps whole seconds)
+        assert datetime.now(timezone.utc) >= until - timedelta(seconds=1)
     finally:
         sg.stop()
         ta.remove(tmp / "state", "casino.test", "default")
@@ -154,6 +150,7 @@ policies:
 def test_schedule_switch_with_injected_clock(env, tmp_path: Path) -> None:
     """The service in this process with its wall clock injected, dig from outside:
     gambling is blocked only Monday to Friday, 08:00-16:00 Paris time."""
+    from appliance.compose import Assembly
     from appliance.dns.service import Service
 
     tmp, _cfg, _port, up = env
@@ -163,21 +160,21 @@ def test_schedule_switch_with_injected_clock(env, tmp_path: Path) -> None:
     clock = FakeClock(datetime(2024, 4, 1, 5, 59, tzinfo=timezone.utc))  # Monday 07:59 Paris
 
     async def main() -> list[str]:
-        svc = Service(str(cfg), owner=False)
+        svc = Service(Assembly(str(cfg)), owner=False)
         svc.wall_clock = clock
         ready = asyncio.Event()
         task = asyncio.create_task(svc.run(ready))
-        await asyncio.wait_for(ready.wait(), 60)
+        await asyncio.wait_for(ready.wait(), DEADLINE)
         loop = asyncio.get_running_loop()
         seen = []
 
         async def status_after(t: datetime) -> str:
             clock.t = t
-            before = svc.built.policy_state.rebuilds
-            for _ in range(30):  # the next WATCH_PERIOD tick (0.5 s) picks the change up
-                await asyncio.sleep(0.1)
-                if svc.built.policy_state.rebuilds != before:
-                    break
+            ps = svc.built.policy_state
+            deadline = loop.time() + DEADLINE
+            while ps.key != ps.state_key(t):  # until a WATCH_PERIOD tick (0.5 s) has applied ``t``
+                assert loop.time() < deadline, f"the policies for {t} were never applied"
+                await asyncio.sleep(0.05)
             rows = await loop.run_in_executor(None, dig, port, "casino.test")
             return next(r[1] for r in rows if r[0] == "status")
 
@@ -188,7 +185,7 @@ def test_schedule_switch_with_injected_clock(env, tmp_path: Path) -> None:
             seen.append(await status_after(datetime(2024, 4, 6, 9, 0, tzinfo=timezone.utc)))  # Saturday 11:00
         finally:
             svc.stop()
-            await asyncio.wait_for(task, 20)
+            await asyncio.wait_for(task, DEADLINE)
         return seen
 
     assert asyncio.run(main()) == ["NOERROR", "NXDOMAIN", "NOERROR", "NOERROR"]

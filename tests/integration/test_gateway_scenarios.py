@@ -196,11 +196,11 @@ def test_schedule_switches_policy_at_the_given_time(bed) -> None:
 
 
 def test_temporary_allow_expires_on_time(bed) -> None:
-    if importlib.util.find_spec("appliance.temporary_allow") is None \
-            or importlib.util.find_spec("appliance.dns.policy_state") is None:
-        feature_skip("temporary allows in the DNS service (helper dns-policy: appliance/temporary_allow.py "
-                     "and the serving side, appliance/dns/policy_state.py)")
-    from appliance import temporary_allow
+    if importlib.util.find_spec("appliance.policy.temporary_allow") is None \
+            or importlib.util.find_spec("appliance.policy.state") is None:
+        feature_skip("temporary allows in the DNS service (helper dns-policy: appliance/policy/temporary_allow.py "
+                     "and the serving side, appliance/policy/state.py)")
+    from appliance.policy import temporary_allow
 
     bed.ensure_running()
     assert bed.rcode("client", "casino.test") == "NXDOMAIN"

@@ -64,7 +64,7 @@ def answer_dns(sock: socket.socket, stop: threading.Event) -> None:
 def test_names_from_a_live_capture(tmp_path: Path) -> None:
     for tool in ("tcpdump", "curl", "dig"):
         if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool} (.ci/run installs tcpdump, curl and dnsutils)")
+            pytest.skip(f"needs {tool} (as root, tests/setup.sh installs tcpdump, curl and dnsutils)")
     addr = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
     cert, key = self_signed(tmp_path, TLS_NAMES)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

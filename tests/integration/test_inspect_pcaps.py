@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.inspect import inspect_capture
+from appliance.pcap.inspect import inspect_capture
 from filters.extract_http import _strip_host
 from tests.bundles import make_bundle
 from tests.conftest import SHARED_DATA
@@ -109,7 +109,7 @@ def shared_pcaps() -> list[Path]:
 @pytest.mark.slow
 def test_names_agree_with_tshark_run_here() -> None:
     if shutil.which("tshark") is None:
-        pytest.skip("tshark not installed (.ci/run installs it)")
+        pytest.skip("tshark not installed (as root, tests/setup.sh installs it)")
     pcaps = shared_pcaps()
     if not pcaps:
         pytest.skip(f"no shared pcaps under {SHARED_DATA} (see ../shared/data/README.md)")
@@ -153,7 +153,7 @@ def test_dotprefix_suffix_semantics(tmp_path: Path) -> None:
         pytest.skip(f"{SV} not found (see ../shared/data/README.md)")
     from signatures.bundle import open_bundle
 
-    from appliance.inspect import Verdicts
+    from filters.verdicts import Verdicts
 
     bundle = make_bundle(tmp_path / "b", 1, extra=("google.com", "windowsupdate.com"))
     verdicts = Verdicts(open_bundle(bundle).domain_matcher(), (1 << 64) - 1)

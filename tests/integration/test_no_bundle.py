@@ -1,5 +1,5 @@
 """`no_bundle:` — what `schoolgate run` answers when the configured bundle does not open
-(appliance/no_bundle.py): the embedded demo bundle, REFUSED, or forwarding unfiltered with
+(appliance/bundles/fallback.py): the embedded demo bundle, REFUSED, or forwarding unfiltered with
 the status saying so. Real server, dnsmasq upstream and dnspython on 127.0.0.1."""
 
 from __future__ import annotations

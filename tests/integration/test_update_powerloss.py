@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from appliance.cli import main
-from appliance.state import active_bundle_dir, bundle_dir_name
+from appliance.updates.state import active_bundle_dir, bundle_dir_name
 from signatures.bundle import open_bundle
 from signatures.keys import Keyring, generate_keys
 from signatures.repository import load_repo, publish

@@ -37,7 +37,7 @@ XSS = XSS_LABEL.decode()
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory):
     if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian's chromium (installed by .ci/run: apt-get install chromium)")
+        pytest.skip("needs Debian's chromium (as root, tests/setup.sh installs it)")
     tmp = tmp_path_factory.mktemp("webui")
     make_bundle(tmp / "bundle", 3)
     dns_port, web_port, bp_port = free_port(), free_port(), free_port()

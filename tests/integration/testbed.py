@@ -43,7 +43,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.integration.netns import Namespace, cleanup_stale, namespaces, require_netns, veth, wait_for
+from tests.integration.netns import DEADLINE, Namespace, cleanup_stale, namespaces, require_netns, veth, wait_for
 from tests.repo_server import RepoServer
 from tests.tlscerts import self_signed
 
@@ -80,7 +80,7 @@ def _sleep(seconds):
     select.select([], [], [], max(0.0, seconds))
 time.sleep = _sleep
 """
-_START_TIMEOUT = 90.0  # a cold numba cache on a loaded 2-core machine
+_START_TIMEOUT = DEADLINE  # a cold numba cache on a loaded 2-core machine takes its time
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -284,7 +284,7 @@ class Bed:
         self.upstream = self.internet.popen(dnsmasq_argv(self.log_dir / "dnsmasq-queries.log"),
                                             stdout=open(self.log_dir / "dnsmasq.out", "ab"),
                                             stderr=subprocess.STDOUT)
-        wait_for(lambda: self._resolves_upstream(), 15, "dnsmasq in the internet namespace")
+        wait_for(lambda: self._resolves_upstream(), DEADLINE, "dnsmasq in the internet namespace")
 
     def _resolves_upstream(self) -> bool:
         import dns.message
@@ -309,7 +309,7 @@ class Bed:
         """(Re)start the repository's HTTP server (after :meth:`close_repo`: "update server down")."""
         if self.repo_server is not None:
             return self.repo_server
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + DEADLINE
         while True:
             try:
                 with enter_netns(self.internet):
@@ -384,7 +384,7 @@ updates:
 
     def accepts(self, text: str) -> list[str]:
         """Errors the config loader reports for ``text`` (an empty list: it is accepted)."""
-        from appliance.config import ConfigErrors, load_config
+        from appliance.config.load import ConfigErrors, load_config
 
         probe = self.root / "probe.yaml"
         probe.write_text(text)
@@ -455,7 +455,7 @@ updates:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.log()[-4000:]}") from None
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
         if self.proc is None:
             return None
         code = self.gateway.stop(self.proc, sig, timeout)
@@ -468,7 +468,7 @@ updates:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
-        wait_for(lambda: not self.appliance_pids(), 10, "every appliance process to be gone")
+        wait_for(lambda: not self.appliance_pids(), DEADLINE, "every appliance process to be gone")
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -504,7 +504,7 @@ updates:
         return sorted(out)
 
     def owner_pid(self) -> int | None:
-        from appliance.state import read_run_state
+        from appliance.updates.state import read_run_state
 
         pid = read_run_state(self.state).get("pid")
         return pid if isinstance(pid, int) else None
@@ -540,7 +540,7 @@ updates:
         """Environment running the appliance (and its updater child) under libfaketime:
         ``faketime`` is FAKETIME's value, e.g. ``+400d`` or ``@2026-11-23 07:59:52``."""
         if not FAKETIME_LIB.exists():
-            pytest.skip("needs libfaketime (apt-get install faketime; .ci/run installs it)")
+            pytest.skip("needs libfaketime (apt-get install faketime; as root, tests/setup.sh installs it)")
         shim = self.root / "faketime-shim"
         shim.mkdir(exist_ok=True)
         (shim / "sitecustomize.py").write_text(_FAKETIME_SHIM)
@@ -599,9 +599,10 @@ updates:
         return {"client": self.client, "staff": self.staff, "gateway": self.gateway,
                 "internet": self.internet}[who]
 
-    def ask(self, who: str, name: str, rdtype: str = "A", *, tcp: bool = False, timeout: float = 2.0,
+    def ask(self, who: str, name: str, rdtype: str = "A", *, tcp: bool = False, timeout: float = 5.0,
             server: str | None = None):
-        """One dnspython query from ``who``'s namespace; raises on timeout."""
+        """One dnspython query from ``who``'s namespace; raises on timeout (5 s: a stub resolver's
+        patience, and plenty for a loaded machine)."""
         import dns.message
         import dns.query
 
@@ -627,7 +628,7 @@ updates:
         return self.ns(who).run("dig", f"@{self.server_for(who)}", "+tries=1", "+time=2", *args,
                                 check=False, timeout=15).stdout
 
-    def curl(self, who: str, name: str, addr: str | None = None, timeout: float = 5) -> subprocess.CompletedProcess:
+    def curl(self, who: str, name: str, addr: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
         """HTTPS to ``name`` at ``addr`` (default: its server's address) from ``who``'s network."""
         addr = addr or HTTPS_ADDRS.get(name) or HTTPS_ADDRS["casino.test" if "casino" in name else "www.allowed.test"]
         return self.ns(who).run("curl", "-sS", "--max-time", str(timeout), "--cacert", str(self.cert),
@@ -707,7 +708,7 @@ def _is_worker(pid: int) -> bool:
 def gateway_bed(root: Path, *, workers: int = 2, rate: tuple[int, int] = (500, 1000),
                 start: bool = True, tmpfs_size: str = TMPFS_SIZE) -> Iterator[Bed]:
     """A whole gateway bed under ``root``; torn down on exit (and at interpreter exit)."""
-    require_netns("dnsmasq", "dig", "curl")
+    require_netns("dnsmasq", "dig", "curl", "nft")  # nft: the bed runs flow enforcement
     cleanup_stale()
     cleanup_stale_mounts()
     root.mkdir(parents=True, exist_ok=True)
@@ -760,7 +761,7 @@ class QueryLoop:
     who: str
     names: tuple[str, ...]
     rate: float = 200.0
-    timeout: float = 2.0
+    timeout: float = 5.0  # a stub resolver's patience: a query unanswered that long has failed
     sent: int = 0
     failed: list[str] = field(default_factory=list)
     answers: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
@@ -900,7 +901,7 @@ FLOOD_NAMES = ["casino.test", "www.casino.test", "www.allowed.test", "a.allowed.
 _FLOODER_PPS, _MAX_FLOODERS = 120_000, 6
 
 
-def reload_config(bed: Bed, text: str, timeout: float = 15) -> None:
+def reload_config(bed: Bed, text: str, timeout: float = DEADLINE) -> None:
     """Write ``text`` as the config and SIGHUP; wait until the appliance says it reloaded."""
     n = bed.log().count("config reloaded")
     bed.write_config(text)

@@ -7,6 +7,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +24,8 @@ Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 ALL = 2**64 - 1
 W64 = 2**64 - 1
 ADULT, GAMBLING, DOH = 1, 2, 4
+# With NUMBA_DISABLE_JIT=1 (tests/unit/test_nojit.py) the kernels are plain Python: fewer examples.
+PURE_PYTHON = bool(numba.config.DISABLE_JIT)
 
 
 def classes(masks: Sequence[int], allow: Sequence[int]) -> ClassTable:
@@ -276,7 +279,7 @@ class_lists = st.lists(st.tuples(masks, st.sampled_from([0, 0, ALLOW_BELOW | ALL
 policies = st.one_of(st.sampled_from([0, 1, 2, 3, 1 << 63, ALL]), st.integers(0, 2**64 - 1))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100 if PURE_PYTHON else 300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nets4=cidr_sets(32), nets6=cidr_sets(128), cls=class_lists, policy=policies,
        data=st.data())
 def test_matches_reference(nets4: list[Net], nets6: list[Net], cls: list[tuple[int, int]],
@@ -296,6 +299,8 @@ def test_matches_reference(nets4: list[Net], nets6: list[Net], cls: list[tuple[i
 
 
 def test_real_doh_lists(shared_data: Path) -> None:
+    if PURE_PYTHON:
+        pytest.skip("3000 real networks through pure-Python kernels: the JIT run covers this")
     from filters.lists import cidr  # written alongside this matcher; parses "cidr" sources
 
     folder = shared_data / "lists" / "doh" / "dibdot"

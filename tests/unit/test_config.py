@@ -6,19 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import ConfigErrors, load_config
+from appliance.bundles.select import resolve_bundle
+from appliance.config.load import ConfigErrors, load_config
 
 
 def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("bundle: b\npolicies: {kids: {block: [adult]}}\nlocal: {block: ['*.x.test']}\n")
     cfg = load_config(f)
-    assert cfg.bundle == tmp_path / "b" and cfg.bundle_path() == tmp_path / "b"
+    assert cfg.bundle == tmp_path / "b" and resolve_bundle(cfg) == (tmp_path / "b", "configured")
     assert cfg.policies["kids"].block == ("adult",)
     assert cfg.local_block == ("*.x.test",)
     empty = tmp_path / "e.yaml"
     empty.write_text("")
-    assert load_config(empty).bundle_path() == Path("/var/lib/schoolgate/bundles/current")
+    assert load_config(empty).state_dir == Path("/var/lib/schoolgate") and load_config(empty).bundle is None
 
 
 def test_every_error_is_reported(tmp_path: Path) -> None:
@@ -75,16 +76,16 @@ updates:
         load_config(f)
 
 
-def test_bundle_path_resolves_the_current_pointer(tmp_path: Path) -> None:
-    from appliance.state import set_current
+def test_the_active_bundle_follows_the_current_pointer(tmp_path: Path) -> None:
+    from appliance.updates.state import set_current
 
     f = tmp_path / "c.yaml"
     f.write_text("state_dir: st\n")
     cfg = load_config(f)
-    assert cfg.bundle_path() == tmp_path / "st" / "bundles" / "current"  # none active yet
+    assert resolve_bundle(cfg) is None  # none active yet
     (tmp_path / "st" / "bundles" / "7-0123abcd").mkdir(parents=True)
     set_current(tmp_path / "st", "7-0123abcd")
-    assert cfg.bundle_path() == tmp_path / "st" / "bundles" / "7-0123abcd"
+    assert resolve_bundle(cfg) == (tmp_path / "st" / "bundles" / "7-0123abcd", "active")
 
 
 def test_no_bundle_mode_is_checked(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""appliance.config_dns via load_config, and `schoolgate check-config`."""
+"""appliance.config.dns via load_config, and `schoolgate check-config`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from appliance.cli import main
-from appliance.config import ConfigErrors, load_config
-from appliance.config_dns import parse_hostport
+from appliance.config.load import ConfigErrors, load_config
+from appliance.config.dns import parse_hostport
 
 ROOT = Path(__file__).resolve().parents[2]
 

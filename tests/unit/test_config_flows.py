@@ -1,11 +1,11 @@
-"""The config's flows: section (appliance/config_flows.py)."""
+"""The config's flows: section (appliance/config/flows.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from appliance.config import ConfigErrors, load_config
-from appliance.config_flows import FlowsConfig
+from appliance.config.load import ConfigErrors, load_config
+from appliance.config.flows import FlowsConfig
 
 
 def test_absent_means_disabled_and_values_parse() -> None:

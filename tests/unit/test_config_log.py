@@ -1,4 +1,4 @@
-"""appliance/config_log.py: DNS upstream syntax (plain and tls://) and dns.tls_ca."""
+"""appliance/config/log.py: DNS upstream syntax (plain and tls://) and dns.tls_ca."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import load_config
+from appliance.config.load import load_config
 from appliance.dns.upstream import upstream_text
 from filters.errors import ConfigError
 

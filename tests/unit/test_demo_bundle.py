@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import UpdatesConfig, load_config
-from appliance.demo_bundle import build_demo
-from appliance.embedded import (DEMO_DIR, DEMO_REPO, DEMO_ROOT, demo_updates, open_selected, resolve_bundle,
+from appliance.config.load import UpdatesConfig, load_config
+from appliance.bundles.demo import build_demo
+from appliance.bundles.select import (DEMO_DIR, DEMO_REPO, DEMO_ROOT, demo_updates, open_selected, resolve_bundle,
                                 select_bundle)
-from appliance.state import active_bundle_dir
-from appliance.updater import update_once
+from appliance.updates.state import active_bundle_dir
+from appliance.updates.updater import update_once
 from filters.catalog import ALL_CATEGORIES
 from filters.errors import InputError
 from signatures.bundle import open_bundle
@@ -51,7 +51,7 @@ def test_the_shipped_demo_was_built_from_the_current_lists(tmp_path: Path) -> No
         if path.is_dir():
             path = path / "domains"
         assert hashlib.sha256(path.read_bytes()).hexdigest() == src["sha256"], (
-            f"{src['path']} changed since the demo was built: run `python -m appliance.demo_bundle`")
+            f"{src['path']} changed since the demo was built: run `python -m appliance.bundles.demo`")
 
 
 def test_the_shipped_repository_is_small() -> None:

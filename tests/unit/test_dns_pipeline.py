@@ -166,12 +166,12 @@ def test_fuzz_never_raises(matcher) -> None:
 
 def test_query_log_all_mode_through_the_pipeline(matcher, tmp_path) -> None:
     """Every way a query ends is logged once with `queries: all`: blocked, by CNAME,
-    upstream, cache, stale, SERVFAIL (appliance/querylog.py)."""
+    upstream, cache, stale, SERVFAIL (appliance/observe/querylog.py)."""
     import json
 
-    from appliance.config_log import LogConfig
-    from appliance.querylog import ClientPrivacy, QueryLog
-    from appliance.stats import SharedStats
+    from appliance.config.log import LogConfig
+    from appliance.observe.querylog import ClientPrivacy, QueryLog
+    from appliance.observe.stats import SharedStats
 
     clock = Clock()
     p = _pipeline(matcher, clock)

@@ -1,4 +1,4 @@
-"""Live flow inspection without sockets (appliance/flows.py and the modules it re-exports from:
+"""Live flow inspection without sockets (appliance/flows/capture.py and the modules it re-exports from:
 capture_sources.py, flow_inspector.py): the kernel selection filter run
 by libpcap on crafted packets, and the inspector's decisions, counters and expiry."""
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.flows import FlowInspector, compile_bpf, selection_filter
+from appliance.flows.inspector import FlowInspector
+from appliance.flows.sources import compile_bpf, selection_filter
 from tests.bundles import BLOCKED, make_bundle
 from tests.wire import client_hello, crypto_frame, quic_initial, records, tcp_frame, udp_frame
 
@@ -58,8 +59,8 @@ def test_selection_filter_passes_only_flow_openers() -> None:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    from appliance.config import load_config
-    from appliance.dns.service import build
+    from appliance.config.load import load_config
+    from appliance.compose import build
 
     tmp: Path = tmp_path_factory.mktemp("flows")
     bundle = make_bundle(tmp / "bundle", 1)
@@ -126,13 +127,10 @@ def test_split_hello_as_nflog_delivers_it(built) -> None:
 
 
 def test_warm_up_judges_nothing_and_the_name_cache_is_bounded(built, monkeypatch) -> None:
-    import appliance.flow_inspector as flows  # where FlowInspector reads MAX_CACHED_NAMES
-
-    insp = FlowInspector(built, "enforce")
+    insp = FlowInspector(built, "enforce", max_names=2)
     insp.warm_up()
     assert set(insp._verdicts) == set(built.policies.rules) and insp.counters.seen == 0 and not insp.events
-    monkeypatch.setattr(flows, "MAX_CACHED_NAMES", 2)
     for i in range(6):
         insp.packet(1.0, _ip(tcp_frame(records(client_hello(b"n%d.example" % i)), sport=41000 + i)), 4)
     assert insp.counters.seen == 6
-    assert all(len(v._cache) <= 3 for v in insp._verdicts.values())
+    assert all(len(v) <= 2 for v in insp._verdicts.values())

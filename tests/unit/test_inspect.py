@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance.cli import main
-from appliance.inspect import inspect_capture
+from appliance.pcap.inspect import inspect_capture
 from tests.bundles import make_bundle
 from tests.dnsdata import query
 from tests.wire import (client_hello, crypto_frame, ext, quic_initial, records, tcp_frame, udp_frame,
@@ -110,8 +110,8 @@ def test_kernel_decodes_like_packet_decode(tmp_path: Path) -> None:
     """Every frame select_frames reads itself yields the Packet packet.decode makes."""
     import numpy as np
 
-    from appliance import _pcap_kernels as PK
-    from appliance.inspect import packet_from_fields
+    from appliance.pcap import _kernels as PK
+    from appliance.pcap.inspect import packet_from_fields
     from filters import _select_kernels as SK
     from filters.packet import decode
     from tests.conftest import SHARED_DATA

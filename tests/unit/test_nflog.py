@@ -1,4 +1,4 @@
-"""nfnetlink_log messages (appliance/nflog.py): the pure parser and request builder against
+"""nfnetlink_log messages (appliance/flows/nflog.py): the pure parser and request builder against
 hand-made bytes laid out as include/uapi/linux/netfilter/nfnetlink_log.h says, and one round
 trip through the real kernel in a network namespace."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.nflog import CFG_CMD, CMD_BIND, Logged, bind_attrs, config_message, parse
+from appliance.flows.nflog import CFG_CMD, CMD_BIND, Logged, bind_attrs, config_message, parse
 from filters.packet import UDP, decode_ip
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +95,7 @@ def test_config_message_layout() -> None:
 KERNEL_SCRIPT = textwrap.dedent("""
     import json, socket, subprocess, sys
     sys.path.insert(0, sys.argv[1])
-    from appliance.nflog import NflogError, NflogSocket
+    from appliance.flows.nflog import NflogError, NflogSocket
     group = 2399
     s = NflogSocket(group, timeout=2.0)
     try:

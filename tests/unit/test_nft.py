@@ -1,4 +1,4 @@
-"""nftables ruleset text and the policy CIDR sets (appliance/nft.py)."""
+"""nftables ruleset text and the policy CIDR sets (appliance/flows/nft.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from appliance.nft import (CAPTURE_TCP_PACKETS, PolicyCidrs, RulesetSpec, capture_script, category_cidrs,
+from appliance.flows.nft import (CAPTURE_TCP_PACKETS, PolicyCidrs, RulesetSpec, capture_script, category_cidrs,
                            flow_element, ruleset_script)
 from filters.cidr_matcher import CidrMatcher
 from filters.cidr_table import build_cidr_table

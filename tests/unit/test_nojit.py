@@ -5,7 +5,8 @@ the kernels' Python semantics (numba and CPython must agree on them), and covera
 inside the kernels. The run happens in a subprocess because numba reads the variable at
 import. Example counts are kept small through SCHOOLGATE_HYPOTHESIS_EXAMPLES, which the
 domain and SipHash test modules read; the CIDR and keyword modules size themselves for
-pure Python (``PURE_PYTHON`` there).
+pure Python (``PURE_PYTHON`` there). How long the runs take is not asserted (a loaded machine
+is slower, not wrong); the subprocess timeout only stops a run that hangs.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ KERNEL_TEST_FILES = [
 NOJIT_EXAMPLES = 50
 # Line coverage of the domain kernels reached by the pure-Python run.
 MIN_DOMAIN_KERNEL_COVERAGE = 90.0
-TIME_LIMIT = 60.0
+HANG_TIMEOUT = 1800.0  # seconds: a run that hangs, not a slow one (~40 s quiet, ~2.5 min loaded)
 
 
 @pytest.mark.slow
@@ -53,15 +54,13 @@ def test_kernel_tests_pass_without_jit(tmp_path: Path) -> None:
         *files,
     ]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=10 * TIME_LIMIT)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT)
     seconds = time.perf_counter() - t0
     tail = proc.stdout[-6000:] + proc.stderr[-3000:]
     assert proc.returncode == 0, tail
     summary = proc.stdout.strip().splitlines()[-1]
     assert " passed" in summary and not re.search(r"\d+ (failed|errors?)\b", summary), tail
     print(f"NUMBA_DISABLE_JIT=1 run of {len(files)} files: {summary} ({seconds:.1f}s)")
-    assert seconds < TIME_LIMIT, f"the pure-Python run took {seconds:.0f}s: {summary}"
 
     if not have_coverage:
         pytest.skip("coverage is not installed: kernel line coverage not measured "
@@ -85,7 +84,6 @@ def test_kernel_tests_pass_without_jit(tmp_path: Path) -> None:
 # tests against the pipeline take longer than the matcher's). Fuzz packets and examples
 # are scaled down by test_dns_fast.py itself when it sees NUMBA_DISABLE_JIT.
 MIN_DNS_KERNEL_COVERAGE = 90.0
-DNS_TIME_LIMIT = 90.0
 
 
 @pytest.mark.slow
@@ -97,10 +95,10 @@ def test_dns_kernel_tests_pass_without_jit(tmp_path: Path) -> None:
     cmd = runner + ["pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
                     "-W", "ignore:overflow encountered:RuntimeWarning", str(UNIT / "test_dns_fast.py")]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=10 * DNS_TIME_LIMIT)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT)
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert seconds < DNS_TIME_LIMIT, f"the pure-Python run took {seconds:.0f}s"
+    print(f"NUMBA_DISABLE_JIT=1 run of test_dns_fast.py: {proc.stdout.strip().splitlines()[-1]} ({seconds:.1f}s)")
     if not have_coverage:
         pytest.skip("coverage is not installed: kernel line coverage not measured")
     out = tmp_path / "coverage.json"

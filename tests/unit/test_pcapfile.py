@@ -1,4 +1,4 @@
-"""appliance.pcapfile and its numba walkers: pcap and pcapng, both byte orders, damage."""
+"""appliance.pcap.reader and its numba walkers: pcap and pcapng, both byte orders, damage."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance import _pcap_kernels as PK
-from appliance.pcapfile import CaptureFile, pcapng_tick
+from appliance.pcap import _kernels as PK
+from appliance.pcap.reader import CaptureFile, pcapng_tick
 from filters.errors import CaptureFileError
 from tests.conftest import SHARED_DATA
 from tests.wire import tcp_frame, udp_frame, write_pcap, write_pcapng
@@ -17,7 +17,7 @@ FRAMES = [tcp_frame(b"a" * i) for i in range(1, 6)] + [udp_frame(b"\x00" * 30)]
 
 
 def kernel_frames(path: Path, chunk: int = 3) -> tuple[list[tuple[float, int, bytes]], int]:
-    """What the numba walkers find, converted like appliance/inspect.py does."""
+    """What the numba walkers find, converted like appliance/pcap/inspect.py does."""
     with CaptureFile(path) as cap:
         buf = np.frombuffer(cap.buffer, np.uint8)
         off, caplen, tsec, tfrac, iface, link = (np.zeros(chunk, np.int64) for _ in range(6))

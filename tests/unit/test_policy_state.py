@@ -1,4 +1,4 @@
-"""appliance.dns.policy_state: schedules and temporary allows turned into what is served,
+"""appliance.policy.state: schedules and temporary allows turned into what is served,
 with an injected clock (no waiting for real times)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance import temporary_allow as ta
-from appliance.config import load_config
-from appliance.dns.policy_state import PolicyState
+from appliance.policy import temporary_allow as ta
+from appliance.config.load import load_config
+from appliance.policy.state import PolicyState
 from filters import _domain_kernels as K
 from filters.names import name_to_wire
 from filters.policy import blocked_categories

@@ -39,3 +39,24 @@ def test_layers_point_one_way() -> None:
         return found
     assert not imports("filters") & {"signatures", "appliance"}
     assert "appliance" not in imports("signatures")
+
+
+# An upper bound on wall-clock time in a test fails on a loaded or slow machine and says
+# nothing about correctness: speed belongs in benchmarks/. Lower bounds ("it waited at least
+# the timeout") are fine, and waits poll a condition up to a generous deadline.
+_WALL_CLOCK_UPPER_BOUND = [
+    re.compile(r"assert[^#]*\b(seconds|elapsed|took|duration|wall|late)\b[^#]*<"),
+    re.compile(r"assert[^#]*\b(monotonic|perf_counter|time)\(\)[^#]*<"),
+    re.compile(r"\bTIME_LIMIT\b|\bBUDGET_S\b"),
+]
+
+
+def test_no_test_asserts_a_wall_clock_upper_bound() -> None:
+    found = []
+    for py in sorted((ROOT / "tests").rglob("*.py")):
+        if py.resolve() == Path(__file__).resolve():
+            continue
+        for n, line in enumerate(py.read_text().splitlines(), 1):
+            if any(rx.search(line) for rx in _WALL_CLOCK_UPPER_BOUND):
+                found.append(f"{py.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not found, "wall-clock upper bounds in tests (move them to benchmarks/):\n" + "\n".join(found)

@@ -1,4 +1,4 @@
-"""appliance/querylog.py: privacy of client addresses, the line budget, failures, retention."""
+"""appliance/observe/querylog.py: privacy of client addresses, the line budget, failures, retention."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import load_config
-from appliance.config_log import LogConfig
-from appliance.querylog import (LINE_BURST, RETRY_PERIOD, ClientPrivacy, QueryLog, enforce_retention, log_dir,
+from appliance.config.load import load_config
+from appliance.config.log import LogConfig
+from appliance.observe.querylog import (LINE_BURST, RETRY_PERIOD, ClientPrivacy, QueryLog, enforce_retention, log_dir,
                                 log_file)
-from appliance.stats import SharedStats
+from appliance.observe.stats import SharedStats
 from filters.errors import ConfigError
 from filters.names import name_to_wire
 
@@ -151,9 +151,9 @@ def test_file_size_limit_is_an_error_not_a_crash(tmp_path) -> None:
 import resource, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
 from pathlib import Path
-from appliance.config_log import LogConfig
-from appliance.querylog import ClientPrivacy, QueryLog, ignore_file_size_signal
-from appliance.stats import SharedStats
+from appliance.config.log import LogConfig
+from appliance.observe.querylog import ClientPrivacy, QueryLog, ignore_file_size_signal
+from appliance.observe.stats import SharedStats
 from filters.names import name_to_wire
 ignore_file_size_signal()
 resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))

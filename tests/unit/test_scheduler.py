@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from appliance.config import UpdatesConfig
-from appliance.scheduler import UpdateScheduler, delay_after_run, start_delay, updater_argv
-from appliance.state import write_update_state
+from appliance.config.load import UpdatesConfig
+from appliance.updates.scheduler import UpdateScheduler, delay_after_run, start_delay, updater_argv
+from appliance.updates.state import write_update_state
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
 HOUR = 3600.0

@@ -1,4 +1,4 @@
-"""appliance/stats.py: shared counters across forked writers, history, events, top blocked."""
+"""appliance/observe/stats.py: shared counters across forked writers, history, events, top blocked."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from appliance.dns.pipeline import Counters
-from appliance.stats import (EVENTS_PER_SLOT, HISTORY_MINUTES, SLOT_CAPTURE, SLOT_OWNER, TOP_PER_SLOT, SharedStats,
+from appliance.observe.stats import (EVENTS_PER_SLOT, HISTORY_MINUTES, SLOT_CAPTURE, SLOT_OWNER, TOP_PER_SLOT, SharedStats,
                              StatsSlot, slots_for)
 from filters import _dns_kernels as K
 

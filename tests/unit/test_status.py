@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-import appliance.status as status_mod
+import appliance.observe.status as status_mod
 from appliance.cli import main
-from appliance.embedded import install_demo
-from appliance.state import clear_run_state, pid_alive, read_run_state, write_run_state
-from appliance.updater import update_once
-from appliance.config import load_config
+from appliance.bundles.select import install_demo
+from appliance.updates.state import clear_run_state, pid_alive, read_run_state, write_run_state
+from appliance.updates.updater import update_once
+from appliance.config.load import load_config
 from signatures.keys import Keyring, generate_keys
 from signatures.repository import publish
 from tests.bundles import make_bundle
@@ -137,8 +137,8 @@ def test_dns_counters_from_counters_json(tmp_path: Path) -> None:
     query log's state (degraded when a write failed within the last minute)."""
     import errno as errno_mod
 
-    from appliance.querylog import ClientPrivacy
-    from appliance.stats import SharedStats
+    from appliance.observe.querylog import ClientPrivacy
+    from appliance.observe.stats import SharedStats
 
     cfg_file = tmp_path / "sg.yaml"
     cfg_file.write_text("state_dir: state\nlog: {clients: none}\n")

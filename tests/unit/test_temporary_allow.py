@@ -1,4 +1,4 @@
-"""appliance.temporary_allow: the file contract other helpers rely on."""
+"""appliance.policy.temporary_allow: the file contract other helpers rely on."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import temporary_allow as ta
+from appliance.policy import temporary_allow as ta
 from filters.errors import BadNameError, InputError
 
 NOW = datetime(2025, 3, 3, 10, 0, tzinfo=timezone.utc)

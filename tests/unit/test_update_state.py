@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import UpdatesConfig
-from appliance.state import active_bundle_dir, list_bundles, set_current
-from appliance.updater import _Lock, recover_state_dir, update_once
+from appliance.config.load import UpdatesConfig
+from appliance.updates.state import active_bundle_dir, list_bundles, set_current
+from appliance.updates.updater import _Lock, recover_state_dir, update_once
 from filters.errors import UpdateError
 from signatures.archive import pack_bundle
 from signatures.keys import Keyring, generate_keys

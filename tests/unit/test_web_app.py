@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
-from appliance.config import load_config
-from appliance.stats import SharedStats, slots_for
+from appliance.compose import Assembly
+from appliance.config.load import load_config
+from appliance.observe.stats import SLOT_CAPTURE, SharedStats, slots_for
 from appliance.web.app import LOGIN_COOKIE, SESSION_COOKIE, UNBLOCK_RATE, WebApp
 from appliance.web.audit import AUDIT_FILE, UnblockStore
 from appliance.web.auth import LOGIN_FAILURES, hash_password
 from appliance.web.http import HttpError, Request, parse_head
-from tests.bundles import make_bundle
+from appliance.web.metrics import render_metrics
+from tests.bundles import edit_manifest, make_bundle
 
 PASSWORD = "correct horse battery"
 XSS = "<img src=x onerror=alert(1)>"
@@ -61,7 +65,7 @@ web:
     slot.add("cache_hits", 10)
     slot.count_blocked(1)
     slot.record_event("dns", f"{XSS}.example", 1, "default", None, "block")
-    return WebApp(load_config(cfg_file), str(cfg_file), stats=stats, clock=lambda: NOW, mono=Clock())
+    return WebApp(load_config(cfg_file), Assembly(str(cfg_file)), stats=stats, clock=lambda: NOW, mono=Clock())
 
 
 def req(method: str, target: str, *headers: str, body: bytes = b"", client: str = "127.0.0.1") -> Request:
@@ -141,17 +145,181 @@ def test_api_status_shape(app: WebApp) -> None:
     assert st["flows"]["state"] is None
 
 
+def metric_families(body: bytes) -> dict:
+    """prometheus_client's parser over a /metrics body: {family name: family} (a counter
+    ``foo_total`` is family ``foo``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {f.name: f for f in text_string_to_metric_families(body.decode())}
+
+
+def metric_samples(fams: dict) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
+
+
+def promtool_check(body: bytes) -> None:
+    """``promtool check metrics`` on a /metrics body: exit 0 and nothing on stdout or stderr
+    (its lint findings — a counter without _total, a non-base unit, no help — are printed)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not on PATH (Debian package prometheus; CI installs it)")
+    out = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=120,
+                         check=False)
+    assert (out.returncode, out.stdout.decode(), out.stderr.decode()) == (0, "", ""), body.decode()
+
+
+# A category name (bundles name them) that needs every escape of the text format.
+ODD_CATEGORY = 'odd "cat" \\ with\nnewline'
+UPSTREAMS = ["9.9.9.9:53", "tls://1.1.1.1:853#cloudflare-dns.com"]
+# Latencies (s) reported per upstream index, None for a failed try; none sits on a bucket bound.
+LATENCIES = {0: [0.0004, 0.0015, 0.003, 0.008, 0.015, 0.04, 0.09, 0.15, 0.4, 0.9, 1.5, 2.5, None, None],
+             1: [0.012, 0.018, 0.035, None]}
+LATENCY_LE = ["0.001", "0.002", "0.005", "0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1.0", "2.0", "+Inf"]
+
+
+@pytest.fixture()
+def busy_app(tmp_path: Path) -> WebApp:
+    """A WebApp whose record looks like a busy appliance's: two upstreams (one DoT) with
+    latencies and failures written by two worker slots, blocked queries, flows of each kind,
+    the capture process running, a board with a temperature sensor, and a bundle whose
+    category name needs escaping."""
+    tmp_path = tmp_path / "busy"  # beside the ``app`` fixture's files
+    bundle = make_bundle(tmp_path / "bundle", 9)
+    sources = json.loads((bundle / "manifest.json").read_text())["sources"]
+    for src in sources:
+        if src.get("category") == "gambling":
+            src["category"] = ODD_CATEGORY
+    edit_manifest(bundle, sources=sources)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "flows-state.json").write_text(json.dumps(
+        {"enabled": True, "interface": "eth1", "mode": "enforce", "running": True, "error": None}))
+    board = tmp_path / "board"
+    (board / "proc").mkdir(parents=True)
+    (board / "proc/meminfo").write_text("MemTotal:  3884096 kB\nMemAvailable:  2457600 kB\n")
+    (board / "proc/uptime").write_text("86400.25 300000.10\n")
+    (board / "sys/class/thermal/thermal_zone0").mkdir(parents=True)
+    (board / "sys/class/thermal/thermal_zone0/temp").write_text("48312\n")
+    cfg_file = tmp_path / "sg.yaml"
+    cfg_file.write_text(f"""\
+state_dir: {state}
+bundle: {bundle}
+dns:
+  upstreams: {json.dumps(UPSTREAMS)}
+policies:
+  default: {{block: [gambling]}}
+web:
+  listen: "127.0.0.1:18080"
+  blockpage_listen: "127.0.0.1:18081"
+""")
+    stats = SharedStats.create(slots_for(2))
+    for i in (0, 1):
+        w = stats.slot(i)
+        for name, n in (("queries", 1200 + i), ("cache_hits", 300), ("forwarded", 700), ("servfail", 3),
+                        ("upstream_errors", 2), ("rate_limited", 5)):
+            w.add(name, n)
+        for _ in range(40):
+            w.count_blocked(1)
+    for index, latencies in LATENCIES.items():
+        for j, seconds in enumerate(latencies):
+            stats.slot(j % 2).upstream_result(index, seconds)
+    capture = stats.slot(SLOT_CAPTURE)
+    for proto, action in (("tls", "block"), ("tls", None), ("quic", None), ("http", "reset"), ("dns", "monitor")):
+        capture.add_flow(proto, action)
+    return WebApp(load_config(cfg_file), Assembly(str(cfg_file)), stats=stats, clock=lambda: NOW, mono=Clock(), root=board)
+
+
 def test_metrics_parse_with_prometheus_client(app: WebApp) -> None:
-    parser = pytest.importorskip("prometheus_client.parser", reason="pip install -e '.[test]'")
     r = run(app, req("GET", "/metrics"))
     assert r.content_type.startswith("text/plain; version=0.0.4")
-    fams = {f.name: f for f in parser.text_string_to_metric_families(r.body.decode())}
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
+    fams = metric_families(r.body)
+    samples = metric_samples(fams)
     assert samples[("schoolgate_dns_queries_total", ())] == 40
     assert samples[("schoolgate_dns_blocked_by_category_total", (("category", "gambling"),))] == 1
     assert samples[("schoolgate_bundle_version", ())] == 5
     assert ("schoolgate_bundle_age_seconds", ()) in samples
     assert fams["schoolgate_dns_queries"].type == "counter"
+
+
+def test_metrics_pass_promtool(app: WebApp, busy_app: WebApp) -> None:
+    promtool_check(run(busy_app, req("GET", "/metrics")).body)
+    promtool_check(run(app, req("GET", "/metrics")).body)
+    # no shared counters and no bundle: what is known still checks clean
+    bare = WebApp(busy_app.cfg, None, clock=lambda: NOW, mono=Clock(), root=busy_app.root)
+    rec = bare.record()
+    rec["bundle"] = None
+    body = render_metrics(rec)
+    assert b"schoolgate_dns_queries" not in body and b"schoolgate_bundle_version" not in body
+    promtool_check(body)
+
+
+def test_metrics_types_and_units(busy_app: WebApp) -> None:
+    fams = metric_families(run(busy_app, req("GET", "/metrics")).body)
+    by_type: dict[str, set[str]] = {}
+    for name, f in fams.items():
+        by_type.setdefault(f.type, set()).add(name)
+    assert by_type.pop("counter") == {
+        "schoolgate_dns_queries", "schoolgate_dns_blocked", "schoolgate_dns_cache_hits", "schoolgate_dns_forwarded",
+        "schoolgate_dns_rate_limited", "schoolgate_dns_servfail", "schoolgate_dns_upstream_errors",
+        "schoolgate_dns_blocked_by_category", "schoolgate_dns_upstream_requests",
+        "schoolgate_dns_upstream_request_failures", "schoolgate_flows_seen", "schoolgate_flows_blocked",
+        "schoolgate_flows_reset", "schoolgate_flows_monitor", "schoolgate_flows_by_proto"}
+    assert by_type.pop("histogram") == {"schoolgate_dns_upstream_latency_seconds"}
+    assert by_type.pop("gauge") == {
+        "schoolgate_info", "schoolgate_running", "schoolgate_dns_cache_hit_ratio", "schoolgate_bundle_version",
+        "schoolgate_bundle_age_seconds", "schoolgate_bundle_expiry_seconds", "schoolgate_bundle_demo",
+        "schoolgate_bundle_domains", "schoolgate_bundle_category_entries", "schoolgate_capture_running",
+        "schoolgate_cpu_temperature_celsius", "schoolgate_state_disk_free_bytes",
+        "schoolgate_memory_available_bytes"}
+    assert by_type == {}
+    assert not [n for n in fams if "_ms" in n or "milli" in n]
+    samples = metric_samples(fams)
+    assert samples[("schoolgate_dns_queries_total", ())] == 2401
+    assert samples[("schoolgate_dns_blocked_total", ())] == 80
+    assert samples[("schoolgate_dns_upstream_errors_total", ())] == 4
+    assert samples[("schoolgate_dns_blocked_by_category_total", (("category", "gambling"),))] == 80
+    assert samples[("schoolgate_flows_seen_total", ())] == 5
+    assert samples[("schoolgate_flows_blocked_total", ())] == 2
+    assert samples[("schoolgate_flows_by_proto_total", (("proto", "tls"),))] == 2
+    assert samples[("schoolgate_bundle_age_seconds", ())] == 86400  # built a day before NOW
+    assert samples[("schoolgate_capture_running", ())] == 1 and samples[("schoolgate_running", ())] == 0
+    assert samples[("schoolgate_cpu_temperature_celsius", ())] == 48.3
+    assert samples[("schoolgate_memory_available_bytes", ())] == 2457600 * 1024
+
+
+def test_metrics_upstream_latency_histogram(busy_app: WebApp) -> None:
+    fams = metric_families(run(busy_app, req("GET", "/metrics")).body)
+    samples = metric_samples(fams)
+    hist = fams["schoolgate_dns_upstream_latency_seconds"]
+    for index, upstream in enumerate(UPSTREAMS):
+        ok = [x for x in LATENCIES[index] if x is not None]
+        mine = [s for s in hist.samples if s.labels["upstream"] == upstream]
+        buckets = [(s.labels["le"], s.value) for s in mine if s.name.endswith("_bucket")]
+        assert [le for le, _ in buckets] == LATENCY_LE  # seconds, +Inf last
+        assert [n for _, n in buckets] == [sum(x <= float(le) for x in ok) for le in LATENCY_LE]  # cumulative
+        count = [s.value for s in mine if s.name.endswith("_count")]
+        total = [s.value for s in mine if s.name.endswith("_sum")]
+        assert count == [len(ok)]
+        assert total == [pytest.approx(sum(ok), abs=1e-6 * len(ok))]  # workers add whole microseconds
+        key = (("upstream", upstream),)
+        assert samples[("schoolgate_dns_upstream_requests_total", key)] == len(LATENCIES[index])
+        assert samples[("schoolgate_dns_upstream_request_failures_total", key)] == LATENCIES[index].count(None)
+
+
+def test_metrics_label_values_escaped(busy_app: WebApp) -> None:
+    body = run(busy_app, req("GET", "/metrics")).body
+    assert b'{category="odd \\"cat\\" \\\\ with\\nnewline"}' in body
+    fams = metric_families(body)
+    assert [s.labels["category"] for s in fams["schoolgate_bundle_category_entries"].samples] == [ODD_CATEGORY]
+    # upstream and blocked-category names straight from a record
+    rec = busy_app.record()
+    rec["dns"]["blocked_by_category"] = {ODD_CATEGORY: 3, "gambling": 1}
+    rec["dns"]["upstreams"] = ['evil"} 1\nx{', UPSTREAMS[1]]
+    body = render_metrics(rec)
+    samples = metric_samples(metric_families(body))
+    assert samples[("schoolgate_dns_blocked_by_category_total", (("category", ODD_CATEGORY),))] == 3
+    assert samples[("schoolgate_dns_upstream_requests_total", (("upstream", 'evil"} 1\nx{'),))] == 14
+    promtool_check(body)
 
 
 def test_admin_routes_refuse_without_session_or_csrf(app: WebApp) -> None:
@@ -180,7 +348,7 @@ def test_update_now_without_running_appliance(app: WebApp) -> None:
 
 
 def test_temporary_allow_and_audit(app: WebApp) -> None:
-    from appliance import temporary_allow
+    from appliance.policy import temporary_allow
 
     cookie, csrf = admin(app)
     r = run(app, req("POST", "/api/allow", cookie, "Accept: text/html",

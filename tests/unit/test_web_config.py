@@ -1,11 +1,11 @@
-"""The config's web: section (appliance/config_web.py): defaults, values, errors with file:line:col."""
+"""The config's web: section (appliance/config/web.py): defaults, values, errors with file:line:col."""
 
 from __future__ import annotations
 
 import pytest
 
-from appliance.config import ConfigErrors, load_config
-from appliance.embedded import DEFAULT_CONFIG
+from appliance.config.load import ConfigErrors, load_config
+from appliance.config.defaults import DEFAULT_CONFIG
 from appliance.web.auth import hash_password
 
 

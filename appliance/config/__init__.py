@@ -1,0 +1,11 @@
+"""The appliance's YAML config: loaded, checked against config/schema.json, turned into values.
+
+    load.py      the whole file -> Config (every error as file:line:col), UpdatesConfig
+    dns.py       dns:, networks:, policies:, local lists
+    log.py       log: (query log, client privacy, retention)
+    flows.py     flows: (live inspection and enforcement)
+    web.py       web: (status page, admin login, block page)
+    values.py    the value parsers the sections share (host:port, durations, upstreams)
+    passwords.py the admin password hash format (scrypt), checked here and used by the login
+    defaults.py  where the shipped config/ directory, the default config and the state dir are
+"""
