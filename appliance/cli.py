@@ -15,7 +15,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Iterable, Sequence, TextIO
 
 from filters.errors import InputError, SchoolgateError
 
@@ -115,7 +115,7 @@ def _open_matcher(args: argparse.Namespace, err: TextIO):
                    if args.config else "run `schoolgate run` once (it installs the demo bundle), "
                    "or give --bundle DIR or --config PATH")
             raise InputError(f"no active bundle in {cfg.state_dir} yet: {how}")
-        bundle, local = open_bundle(found[0]), cfg
+        bundle, local = open_bundle(found.path), cfg
     if bundle.demo:
         print(f"schoolgate: note: answers come from the DEMO bundle (version {bundle.version}: "
               "excerpts of public lists, not for real filtering)", file=err)
@@ -294,7 +294,7 @@ def cmd_lookup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     matcher = _open_matcher(args, err)
     mask = _policy_mask(matcher.catalog, args)
-    names: Sequence[str] = args.names
+    names: Iterable[str] = args.names
     if list(names) == ["-"]:
         names = (line.strip() for line in sys.stdin)
     bad = 0

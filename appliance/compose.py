@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from appliance.bundles.fallback import fallback_bundle
-from appliance.bundles.select import DEMO_SOURCES, open_selected, resolve_bundle
+from appliance.bundles.select import DEMO_SOURCES, FoundBundle, open_selected, resolve_bundle
 from appliance.bundles.served import Built
 from appliance.child import ChildProcess
 from appliance.config.defaults import DEFAULT_CONFIG, user_state_dir
@@ -65,9 +64,9 @@ def policy_errors(cfg: Config, catalog: Catalog) -> list[ConfigError]:
     return errors
 
 
-def build(cfg: Config, bundle_at: tuple[Path, str] | None = None) -> Built:
+def build(cfg: Config, bundle_at: FoundBundle | None = None) -> Built:
     """Everything a config needs before it can serve; raises ConfigErrors / BundleError.
-    ``bundle_at`` (path, how) names the bundle; by default the one the config selects
+    ``bundle_at`` names the bundle; by default the one the config selects
     (installing the demo bundle when there is none)."""
     if bundle_at is None:
         try:
@@ -75,7 +74,7 @@ def build(cfg: Config, bundle_at: tuple[Path, str] | None = None) -> Built:
         except SchoolgateError as exc:  # nothing opens: what config no_bundle says
             bundle, how = fallback_bundle(cfg, exc)
     else:
-        bundle, how = open_bundle(bundle_at[0]), bundle_at[1]
+        bundle, how = open_bundle(bundle_at.path), bundle_at.how
     matcher = bundle.domain_matcher().with_local(cfg.local_block, cfg.local_allow)
     errors = policy_errors(cfg, bundle.catalog)
     if errors:
@@ -93,7 +92,7 @@ def check_catalog(cfg: Config) -> Catalog:
     categories come from the demo sources file)."""
     found = resolve_bundle(cfg)
     if found is not None:
-        return open_bundle(found[0]).catalog
+        return open_bundle(found.path).catalog
     return Catalog(tuple(c.name for c in load_sources(DEMO_SOURCES).categories), ())
 
 
@@ -114,7 +113,7 @@ class Assembly:
     def reload(self) -> Built:
         return build(self.config())
 
-    def with_bundle(self, cfg: Config, found: tuple[Path, str]) -> Built:
+    def with_bundle(self, cfg: Config, found: FoundBundle) -> Built:
         return build(cfg, found)
 
     def scheduler(self, cfg: Config) -> UpdateScheduler | None:
@@ -123,7 +122,7 @@ class Assembly:
             return None
         found = resolve_bundle(cfg)
         return UpdateScheduler(self.config_path, cfg.state_dir, cfg.updates,
-                               have_signed_bundle=found is not None and found[1] != "demo")
+                               have_signed_bundle=found is not None and found.how != "demo")
 
     def children(self, built: Built, stats: SharedStats | None,
                  close_in_child: list[socket.socket]) -> list[ChildProcess]:

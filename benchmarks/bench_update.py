@@ -61,6 +61,7 @@ from pathlib import Path
 from appliance.config.load import load_config
 from appliance.dns.cache import WireCache
 from appliance.dns.pipeline import Pipeline
+from appliance.bundles.select import FoundBundle
 from appliance.compose import build
 from signatures.bundle import open_bundle
 
@@ -69,7 +70,7 @@ def activate(path, config):
     b = open_bundle(path); b.verify_files(exact=True); t.append(time.perf_counter())
     b = open_bundle(path); t.append(time.perf_counter())
     b.self_test(); t.append(time.perf_counter())
-    built = build(load_config(config), (Path(path), "active"))
+    built = build(load_config(config), FoundBundle(Path(path), "active"))
     holder = {"pipeline": Pipeline(built.matcher, built.policies, WireCache(10, 0))}  # the swap itself
     t.append(time.perf_counter())
     return [t[i + 1] - t[i] for i in range(4)]

@@ -110,7 +110,7 @@ class DomainMatcher:
                 self._row, self._main_t, self._local_t)
         K.match_wire(*args)
         sig = tuple(numba.typeof(a) for a in args)
-        return K.match_wire.overloads[sig].entry_point
+        return K.match_wire.overloads[sig].entry_point  # type: ignore[attr-defined]  # a namedtuple of runtime fields
 
     # -- building the local overlay ------------------------------------------------------
     def with_local(self, block: Iterable[str] = (), allow: Iterable[str] = (),
@@ -186,7 +186,7 @@ class DomainMatcher:
         redo = np.flatnonzero(rows[:, K.R_STATUS] == K.ST_NEEDS_PYTHON)
         for i in redo:  # rare: Unicode names; map them and look up one by one
             try:
-                wire = np.frombuffer(name_to_wire(normalise_domain(names[i])), dtype=np.uint8)
+                wire = np.frombuffer(name_to_wire(normalise_domain(names[int(i)])), dtype=np.uint8)
             except BadNameError:
                 rows[i, K.R_STATUS] = K.ST_MALFORMED
                 continue

@@ -46,7 +46,7 @@ def _dotted(wire: bytes) -> bytes:
 def _plain_name(msg: bytes, pos: int) -> tuple[bytes, int] | None:
     """The common case, an uncompressed name: (dotted lower-case name, offset after it),
     or None when it holds a pointer or is malformed (then read_name decides, with reasons)."""
-    labels = []
+    labels: list[bytes] = []
     n = len(msg)
     start = pos
     while pos < n:

@@ -128,7 +128,7 @@ def _alpn(b: bytes, p: int, end: int) -> list[bytes]:
         return []
     lend = min(end, p + 2 + _u16(b, p))
     p += 2
-    out = []
+    out: list[bytes] = []
     while p < lend and len(out) < MAX_ALPN:
         ln = b[p]
         if p + 1 + ln > lend:

@@ -16,6 +16,7 @@ RST end a direction's state.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from filters.extraction import Extraction, Session, Status
@@ -189,14 +190,14 @@ class FlowTable:
             self.stats[f"{spec.proto}: {res.reason or 'error'}"] += 1
         if not res.names:
             return []
-        names = res.names
+        names: Sequence[bytes] = res.names
         if spec.proto == "dns":
             names = self._new_dns_names(pkt, names)
         dot = spec.proto in ("tls", "quic") and is_dot(pkt.sport, pkt.dport, res.alpn)
         return [Found(ts, pkt.src, pkt.dst, pkt.sport, pkt.dport, spec.proto, n, res.ech, dot)
                 for n in names]
 
-    def _new_dns_names(self, pkt: Packet, names: tuple[bytes, ...]) -> list[bytes]:
+    def _new_dns_names(self, pkt: Packet, names: Iterable[bytes]) -> list[bytes]:
         """Drop names the reverse direction already reported (a response to a query seen)."""
         seen = self._dns_seen
         out = []

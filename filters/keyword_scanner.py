@@ -162,9 +162,9 @@ class KeywordTable:
             "kw_pat_offsets": (len(table.pat_offsets), npat + 1),
             "kw_pat_mask": (len(table.pat_mask), npat),
         }
-        for name, (have, want) in sizes.items():
-            if have != want:
-                raise BundleError(f"keyword table: {name} has {have} entries, expected {want}")
+        for name, (entries, expected) in sizes.items():
+            if entries != expected:
+                raise BundleError(f"keyword table: {name} has {entries} entries, expected {expected}")
         if int(table.cmap.min()) < 0 or int(table.cmap.max()) >= k:
             raise BundleError("keyword table: byte class out of range")
         if int(table.pat_offsets[0]) != 0 or int(table.pat_offsets[-1]) != len(table.pat_bytes):
@@ -355,9 +355,9 @@ class KeywordScanner:
         if joined is None or len(joined) != int(lengths.sum()):
             # str items, or buffers whose len() is not their size in bytes: normalise, so the
             # offsets handed to the kernel are exact (it does no bounds checks).
-            texts = [_as_bytes(t, "text") for t in texts]
-            joined = b"".join(texts)
-            lengths = np.fromiter(map(len, texts), dtype=np.int64, count=n)
+            exact = [_as_bytes(t, "text") for t in texts]
+            joined = b"".join(exact)
+            lengths = np.fromiter(map(len, exact), dtype=np.int64, count=n)
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         return self._scan(np.frombuffer(joined, dtype=np.uint8), offsets)

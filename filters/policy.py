@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from filters.dns_answer import BlockAnswers
 from filters.errors import InputError
 from filters.names import name_to_wire
 from filters.safesearch import SafeSearch
+
+if TYPE_CHECKING:
+    from filters.domain_matcher import DomainMatcher
 
 __all__ = ["BYPASS_NXDOMAIN", "BYPASS_NODATA", "bypass_action", "PolicyRule", "NetworkTable",
            "PolicySet", "MAX_REMEMBERED_CLIENTS", "DOH_CATEGORY", "DIVERT_ALL", "PolicySpec",
@@ -119,7 +122,7 @@ class NetworkTable:
     def ordered(self) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:
         """Every (network, policy) in the order lookups try them: v4 then v6, each most
         specific first (the DNS fast path copies this into its CIDR table)."""
-        return self._v4 + self._v6
+        return [*self._v4, *self._v6]
 
     def policy_name(self, address: str) -> str:
         try:
@@ -196,9 +199,9 @@ def assign_divert_bits(names: Mapping[str, frozenset[str]], free_bits: list[int]
     return masks, table
 
 
-def compile_policies(matcher, local_block: Iterable[str], local_allow: Iterable[str],
+def compile_policies(matcher: DomainMatcher, local_block: Iterable[str], local_allow: Iterable[str],
                      specs: Iterable[PolicySpec], networks: NetworkTable,
-                     temporary: Iterable[tuple[str, str]] = ()) -> tuple[object, PolicySet]:
+                     temporary: Iterable[tuple[str, str]] = ()) -> tuple[DomainMatcher, PolicySet]:
     """The matcher (``matcher`` with the local lists and the divert entries in its overlay)
     and the PolicySet for ``specs`` at one moment. ``temporary``: (name, policy or "*") of
     every temporary allow in force. Raises InputError for an unknown category."""

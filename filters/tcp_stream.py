@@ -64,7 +64,8 @@ class TcpStream:
             if len(self._pending) > MAX_PENDING_SEGMENTS or self._pending_bytes > MAX_PENDING_BYTES:
                 # Give up on the hole: continue from the earliest waiting segment.
                 self.gaps += 1
-                self.next = min(self._pending, key=lambda s: _diff(s, self.next))
+                before = self.next
+                self.next = min(self._pending, key=lambda s: _diff(s, before))
                 return self._drain(b"")
             return b""
         if -d >= len(data):
@@ -75,6 +76,7 @@ class TcpStream:
         return self._drain(out)
 
     def _drain(self, out: bytes) -> bytes:
+        assert self.next is not None  # the first segment set it
         while self._pending:
             progressed = False
             for seq in list(self._pending):

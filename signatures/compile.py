@@ -114,7 +114,7 @@ def compile_sources(
         report = SourceReport(src.label, str(src.path))
         parsed: ParsedList = get_format(src.format).parse(_read_lines(src, sha), str(src.path))
         is_allow = src.category is None
-        own = new_source(src.label, 0 if is_allow else 1 << bit[src.category], is_allow)
+        own = new_source(src.label, 0 if src.category is None else 1 << bit[src.category], is_allow)
         domains.add(parsed.block, own)
         domains.add(parsed.block_subdomains, own, subdomains_only=True)
         for net in parsed.networks:

@@ -337,7 +337,7 @@ def _prune_targets(repo: Path, state: RepoState) -> None:
     newest = state.targets.signed.version
     for v in range(max(1, newest - KEEP_TARGET_FILES + 1), newest + 1):
         try:
-            md = Metadata.from_bytes((repo / "metadata" / f"{v}.targets.json").read_bytes())
+            md = Metadata[Targets].from_bytes((repo / "metadata" / f"{v}.targets.json").read_bytes())
         except (OSError, DeserializationError):
             continue
         keep.update(f"{t.hashes['sha256']}.{name}" for name, t in md.signed.targets.items())

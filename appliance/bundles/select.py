@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 from appliance.config.defaults import REPO_CONFIG
 from appliance.config.load import Config, UpdatesConfig
@@ -26,7 +27,7 @@ from signatures.bundle import Bundle, open_bundle
 
 __all__ = ["DEMO_DIR", "DEMO_SOURCES", "DEMO_REPO", "DEMO_ROOT",
            "DEMO_KEYS", "DEMO_STATE", "demo_updates", "demo_state_dir",
-           "install_demo", "resolve_bundle", "select_bundle", "open_selected"]
+           "install_demo", "FoundBundle", "resolve_bundle", "select_bundle", "open_selected"]
 
 log = logging.getLogger("schoolgate")
 
@@ -68,25 +69,32 @@ def install_demo(state_dir: Path) -> Path:
     return path
 
 
-def resolve_bundle(cfg: Config) -> tuple[Path, str] | None:
+class FoundBundle(NamedTuple):
+    """A bundle directory and how it was chosen: configured | active | demo."""
+
+    path: Path
+    how: str
+
+
+def resolve_bundle(cfg: Config) -> FoundBundle | None:
     """(bundle directory, how it was chosen) without side effects: the config's bundle
     ("configured"), else the signed one active in the state directory ("active"), else an
     installed demo ("demo"); None when there is none of these yet."""
     if cfg.bundle:
-        return cfg.bundle, "configured"
+        return FoundBundle(cfg.bundle, "configured")
     active = active_bundle_dir(cfg.state_dir)
     if active is not None:
-        return active, "active"
+        return FoundBundle(active, "active")
     demo = active_bundle_dir(demo_state_dir(cfg.state_dir))
-    return (demo, "demo") if demo is not None else None
+    return FoundBundle(demo, "demo") if demo is not None else None
 
 
-def select_bundle(cfg: Config) -> tuple[Path, str]:
+def select_bundle(cfg: Config) -> FoundBundle:
     """As :func:`resolve_bundle`, installing the demo bundle when nothing else is there."""
     found = resolve_bundle(cfg)
-    if found is not None and found[1] != "demo":
+    if found is not None and found.how != "demo":
         return found
-    return install_demo(cfg.state_dir), "demo"
+    return FoundBundle(install_demo(cfg.state_dir), "demo")
 
 
 def open_selected(cfg: Config) -> tuple[Bundle, str]:

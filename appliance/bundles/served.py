@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
+from appliance.bundles.select import FoundBundle
 from appliance.config.load import Config
 from appliance.policy.state import PolicyState
 from filters.domain_matcher import DomainMatcher
@@ -48,8 +48,8 @@ class Builder(Protocol):
         """Load the config file again and build it; raises ConfigErrors or SchoolgateError."""
         ...
 
-    def with_bundle(self, cfg: Config, found: tuple[Path, str]) -> Built:
-        """``cfg`` built against the bundle ``found`` (path, how); raises as :meth:`reload`."""
+    def with_bundle(self, cfg: Config, found: FoundBundle) -> Built:
+        """``cfg`` built against the bundle ``found``; raises as :meth:`reload`."""
         ...
 
 

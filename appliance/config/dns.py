@@ -95,7 +95,7 @@ def parse_dns(doc: ConfigDoc, d: dict, errors: list[ConfigError]) -> DnsConfig:
         try:
             good.append(str(ipaddress.ip_address(a)))
         except ValueError:
-            errors.append(doc.error(f"not an IP address: {a!r}", "dns", "blockpage", *at))
+            errors.append(doc.error(f"not an IP address (192.0.2.1 or 2001:db8::1): {a!r}", "dns", "blockpage", *at))
     got["blockpage"] = tuple(good)
     for key in ("cache_max_ttl", "stale_ttl", "upstream_timeout", "tcp_idle_timeout"):
         secs = doc.duration(s[key], errors, "dns", key) if key in s else None
@@ -158,7 +158,8 @@ def parse_networks(doc: ConfigDoc, d: dict, policies: set[str], errors: list[Con
             try:
                 good.append(str(ipaddress.ip_network(c, strict=False)))
             except ValueError:
-                errors.append(doc.error(f"not a CIDR: {c!r}", "networks", name, "cidrs", *at))
+                errors.append(doc.error(f"not a CIDR (10.10.0.0/16 or fd00::/8): {c!r}", "networks", name,
+                                        "cidrs", *at))
         policy = body.get("policy")
         if policy is None:  # missing or not a name: the schema said so
             continue

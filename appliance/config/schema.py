@@ -20,9 +20,10 @@ repository.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from appliance.config.values import keypath, seconds
 from filters.errors import ConfigError, Where
@@ -93,9 +94,7 @@ class ConfigDoc:
         """Is there a value at ``path`` in the file, good or not?"""
         v = self.raw
         for k in self.origin(*path):
-            if isinstance(v, dict) and k in v:
-                v = v[k]
-            elif isinstance(v, list) and isinstance(k, int) and 0 <= k < len(v):
+            if (isinstance(v, dict) and k in v) or (isinstance(v, list) and isinstance(k, int) and 0 <= k < len(v)):
                 v = v[k]
             else:
                 return False
@@ -171,10 +170,11 @@ def _explain(err: Any) -> Iterator[tuple[tuple, str, bool, tuple | None]]:
                 name = keypath(path + (k,)) if path else repr(k)
                 yield path + (k,), f"unknown key {name} (known: {', '.join(sorted(known))})", True, path + (k,)
         return
-    if kw == "required":
-        for k in err.validator_value:
-            if isinstance(err.instance, dict) and k not in err.instance:
-                yield path, say(path, f"needs {k}"), False, None
+    if kw == "required":  # one error per missing key from jsonschema; one message for them all here
+        missing = [str(k) for k in err.validator_value if isinstance(err.instance, dict) and k not in err.instance]
+        if missing:
+            names = ", ".join(missing[:-1]) + " and " + missing[-1] if len(missing) > 1 else missing[0]
+            yield path, say(path, f"needs {names}"), False, None
         return
     if kw in ("anyOf", "oneOf"):
         sub = _branch(err)

@@ -56,7 +56,7 @@ def parse_upstream(text: object) -> tuple | None:
     if not isinstance(text, str):
         return None
     t = text.strip()
-    if t.startswith("udp://") or t.startswith("dns://"):
+    if t.startswith(("udp://", "dns://")):
         return parse_hostport(t.split("://", 1)[1])
     if not t.startswith("tls://"):
         return parse_hostport(t)

@@ -1,4 +1,8 @@
-"""``schoolgate run``: config -> bundle, policies and pipeline -> listeners; signals.
+"""One serving DNS process: a built config's pipeline behind listeners; signals.
+
+It is handed what it serves (a ``Built``, appliance/bundles/served.py) and an
+:class:`Assembly` to rebuild with (appliance/compose.py makes both); it never assembles a
+config itself.
 
 SIGTERM/SIGINT stop gracefully (listeners closed, forwards in flight cancelled). SIGHUP
 reloads the config: the new one is loaded and fully built (bundle opened, every policy's
@@ -228,18 +232,18 @@ class Service:
         """Serve the bundle bundles/current points at, if it changed (see the module doc)."""
         assert self.built is not None
         found = resolve_bundle(self.built.cfg)
-        if found is None or found[0] == self.built.bundle.path or found[0] == self._refused:
+        if found is None or found.path == self.built.bundle.path or found.path == self._refused:
             return False
         try:
             built = self.assembly.with_bundle(self.built.cfg, found)
         except ConfigErrors as exc:
-            self._refused = found[0]
+            self._refused = found.path
             for e in exc.errors:
-                log.error("new bundle refused, the running one stays: %s", e, extra={"bundle": str(found[0])})
+                log.error("new bundle refused, the running one stays: %s", e, extra={"bundle": str(found.path)})
             return False
         except SchoolgateError as exc:
-            self._refused = found[0]
-            log.error("new bundle refused, the running one stays: %s", exc, extra={"bundle": str(found[0])})
+            self._refused = found.path
+            log.error("new bundle refused, the running one stays: %s", exc, extra={"bundle": str(found.path)})
             return False
         self._install(built)
         self.swaps += 1

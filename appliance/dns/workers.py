@@ -165,13 +165,13 @@ class Supervisor:
     def _follow_bundle(self) -> None:
         """Rebuild when bundles/current moved, then tell the workers to swap."""
         found = resolve_bundle(self.built.cfg)
-        if found is None or found[0] in (self.built.bundle.path, self._refused):
+        if found is None or found.path in (self.built.bundle.path, self._refused):
             return
         try:
             built = self.assembly.with_bundle(self.built.cfg, found)
         except SchoolgateError as exc:
-            self._refused = found[0]
-            log.error("new bundle refused, the running one stays: %s", exc, extra={"bundle": str(found[0])})
+            self._refused = found.path
+            log.error("new bundle refused, the running one stays: %s", exc, extra={"bundle": str(found.path)})
             return
         self.built, self._refused = built, None
         self._tell(signal.SIGUSR2)

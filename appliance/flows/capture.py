@@ -31,8 +31,8 @@ ways:
 **Inspection.** Each selected packet goes through the same pure flow table as
 ``schoolgate inspect`` (filters/flow_table.py), with a bounded number of flows and idle
 flows expired after ``flow_timeout``. A name found is judged by the policy of the client's
-network, with the same matcher and PolicySet as the DNS service (appliance/dns/service.py
-build). Counters and block events go to the shared stats (appliance/observe/stats.py,
+network, with the same matcher and PolicySet as the DNS service (a ``Built`` from
+appliance/compose.py). Counters and block events go to the shared stats (appliance/observe/stats.py,
 SLOT_CAPTURE) and ``<state_dir>/flows-state.json``.
 
 **Enforcement** (mode ``enforce``; ``monitor`` only counts and logs): nftables table
@@ -46,7 +46,8 @@ direction is reset. A blocked QUIC or DNS flow's 5-tuple is dropped from then on
 Modules: appliance/flows/sources.py (the selection filter and the two packet sources),
 appliance/flows/inspector.py (decisions, counters, flows-state.json),
 appliance/flows/enforcer.py (nftables table and resets), appliance/child.py (what every
-forked child does first). This one is the process: its handle in the owner and its loop.
+forked child does first). This one is the process: its handle in the owner
+(:class:`CaptureChild`) and its loop (:class:`CaptureLoop`, whose steps tests drive one by one).
 
 Limits (also in README.md): the names come from the first flight only (TLS ClientHello,
 QUIC Initial, HTTP request head); with ECH the outer (public) name is what is judged. With
@@ -227,7 +228,7 @@ class CaptureLoop:
             else:
                 found = resolve_bundle(self.built.cfg)
                 new = (self.builder.with_bundle(self.built.cfg, found)
-                       if found is not None and found[0] != self.built.bundle.path else None)
+                       if found is not None and found.path != self.built.bundle.path else None)
         except Exception as exc:  # refused: the running rules stay
             log.error("flow inspection keeps its rules: %s", exc)
             if not reload:

@@ -286,8 +286,8 @@ class QueryLog:
 
     def _queue(self, now: float, name: str, qtype: int, client: str | None, policy: str, action: str,
                categories: list[str] | None, answer: str | None) -> None:
-        rec = {"ts": _stamp(now), "name": name, "qtype": _QTYPES.get(qtype, qtype), "client": self.privacy(client),
-               "policy": policy, "action": action}
+        rec: dict[str, object] = {"ts": _stamp(now), "name": name, "qtype": _QTYPES.get(qtype, qtype),
+                                  "client": self.privacy(client), "policy": policy, "action": action}
         if categories:
             rec["categories"] = categories
         if answer:

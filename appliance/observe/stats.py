@@ -37,7 +37,7 @@ import hashlib
 import mmap
 import time
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -329,7 +329,7 @@ class SharedStats:
         from filters.dns_fast import counter_values
 
         t = self._sum()
-        out = {n: int(t[_IDX[n]]) for n in NAMED if n not in _PRIVATE and not n.startswith("flows_")}
+        out: dict[str, Any] = {n: int(t[_IDX[n]]) for n in NAMED if n not in _PRIVATE and not n.startswith("flows_")}
         named, bits = counter_values(t[_O_FAST:_O_FAST + FAST_WIDTH])
         for k, v in named.items():
             out[k] = out.get(k, 0) + v
@@ -439,9 +439,9 @@ class SharedStats:
             if k in KINDS and isinstance(v, int):
                 s.add("flows_" + k, v)
         for k, v in {"written": "log_written", "dropped": "log_dropped", "errors": "log_errors"}.items():
-            n = (totals.get("log") or {}).get(k)
-            if isinstance(n, int):
-                s.add(v, n)
+            logged = (totals.get("log") or {}).get(k)
+            if isinstance(logged, int):
+                s.add(v, logged)
         for b, n in (category_bits or {}).items():
             if str(b).isdigit() and int(b) < N_CATEGORIES and isinstance(n, int) and n > 0:
                 s.categories[int(b)] += n

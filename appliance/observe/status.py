@@ -175,7 +175,9 @@ def _config_check(cfg: Config) -> dict | None:
         return None
     if not isinstance(rec, dict):
         return None
-    errors = rec.get("errors") if isinstance(rec.get("errors"), list) else []
+    errors = rec.get("errors")
+    if not isinstance(errors, list):
+        errors = []
     return {"ok": rec.get("ok") is True and not errors, "time": rec.get("time"), "source": rec.get("source"),
             "summary": rec.get("summary"), "errors": [str(e) for e in errors]}
 
@@ -183,9 +185,10 @@ def _config_check(cfg: Config) -> dict | None:
 def _bundle_line(b: dict) -> str:
     if "error" in b:
         return f"{b['path']}: cannot be opened: {b['error']}"
+    how = b.get("how")
     what = {"configured": "the config's bundle", "active": "the active signed bundle",
             "unfiltered": "NO BUNDLE OPENS: FORWARDING UNFILTERED (no_bundle: forward)",
-            "refusing": "NO BUNDLE OPENS: REFUSING EVERY QUERY (no_bundle: refuse)"}.get(b.get("how"), b.get("how"))
+            "refusing": "NO BUNDLE OPENS: REFUSING EVERY QUERY (no_bundle: refuse)"}.get(how, how) if isinstance(how, str) else how
     line = f"version {b.get('version')} ({what})"
     if b.get("demo"):
         line = (f"version {b.get('version')}, the DEMO bundle (excerpts of public lists signed with "

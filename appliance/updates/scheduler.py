@@ -170,7 +170,7 @@ class UpdateScheduler:
         self.due = self.clock() + delay
         if self._again:  # the repository may have changed since this check started
             self._again, self.due = False, self.clock()
-        extra = {"exit_status": code, "next_check_in_s": round(delay, 1)}
+        extra: dict[str, object] = {"exit_status": code, "next_check_in_s": round(delay, 1)}
         if not recorded:
             log.error("update check did not run (exit status %d): try `schoolgate update --once "
                       "--config %s`", code, self.config_file, extra=extra)

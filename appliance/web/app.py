@@ -107,7 +107,7 @@ class WebApp:
             return self.built
         try:
             found = resolve_bundle(self.cfg)
-            if found is not None and (self.built is None or found[0] != self.built.bundle.path):
+            if found is not None and (self.built is None or found.path != self.built.bundle.path):
                 self.built = self.builder.with_bundle(self.cfg, found)
         except SchoolgateError as exc:
             log.warning("web: cannot open the active bundle: %s", exc)

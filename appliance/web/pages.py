@@ -63,7 +63,7 @@ def _ago(seconds: int | None) -> str:
     return text
 
 
-def _bytes(n: int | None) -> str:
+def _bytes(n: float | None) -> str:
     if n is None:
         return "—"
     for unit in ("B", "kB", "MB", "GB", "TB"):

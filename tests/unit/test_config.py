@@ -31,7 +31,7 @@ def test_every_error_is_reported(tmp_path: Path) -> None:
     assert lines == [
         f"{f}:1:1: unknown key 'colour' (known: bundle, dns, flows, local, log, networks, no_bundle, policies, state_dir, timezone, updates, web)",
         f"{f}:2:9: bundle must be a path",
-        f"{f}:4:20: local.block: bad character ' ': 'bad name'",
+        f"{f}:4:20: local.block[1]: bad character ' ': 'bad name'",
     ]
 
 
@@ -63,17 +63,27 @@ updates:
 """)
     with pytest.raises(ConfigErrors) as info:
         load_config(f)
-    assert str(info.value).splitlines() == [
-        f"{f}:7:3: unknown key updates.mirror (known: interval, keep, repository, timeout, trusted_root)",
+    assert str(info.value).splitlines() == [  # in file order, schema's and loader's alike
         f"{f}:2:15: updates.repository must be an http://, https:// or file:// URL",
-        f"{f}:3:17: trusted root not found: {tmp_path / 'missing.json'}",
+        f"{f}:3:17: updates.trusted_root: no such file: {tmp_path / 'missing.json'}",
         f"{f}:4:13: updates.interval must be a duration from 1 s to 168 h (e.g. 90s, 30m, 1h)",
-        f"{f}:5:12: updates.timeout must be a duration from 1 s to 24 h (e.g. 90s, 30m, 1h)",
+        f"{f}:5:12: updates.timeout must be a duration (e.g. 90s, 30m, 1h)",
         f"{f}:6:9: updates.keep must be a whole number from 1 to 100",
+        f"{f}:7:3: unknown key updates.mirror (known: interval, keep, repository, timeout, trusted_root)",
     ]
-    f.write_text("updates:\n  repository: http://x/\n")
-    with pytest.raises(ConfigErrors, match=r"c.yaml:2:3: updates needs trusted_root"):
+    f.write_text("updates:\n  repository: http://x/\n  timeout: 2d\n")
+    with pytest.raises(ConfigErrors) as info:
         load_config(f)
+    assert str(info.value).splitlines() == [
+        f"{f}:2:3: updates needs trusted_root",
+        f"{f}:3:12: updates.timeout must be a duration from 1 s to 24 h (e.g. 90s, 30m, 1h)"]
+    f.write_text("updates: {repository: 'https:///repo', trusted_root: missing.json, interval: 604801}\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(f)
+    assert [str(e) for e in info.value.errors] == [
+        f"{f}:1:23: updates.repository must be an http://, https:// or file:// URL with a host",
+        f"{f}:1:54: updates.trusted_root: no such file: {tmp_path / 'missing.json'}",
+        f"{f}:1:78: updates.interval must be a duration from 1 s to 168 h (e.g. 90s, 30m, 1h)"]
 
 
 def test_the_active_bundle_follows_the_current_pointer(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from appliance.cli import main
 from appliance.config.load import ConfigErrors, load_config
-from appliance.config.dns import parse_hostport
+from appliance.config.values import parse_hostport
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,11 +67,11 @@ policies:
     lines = str(info.value).splitlines()
     assert len(lines) == 7
     assert any(line.startswith(f"{f}:5:3: unknown key dns.colour") for line in lines)
-    assert any(line.startswith(f"{f}:2:12: dns.listen: not an IP address") for line in lines)
+    assert any(line.startswith(f"{f}:2:12: dns.listen[0]: not an IP address") for line in lines)
     assert any(line.startswith(f"{f}:3:15: dns.block_mode must be one of") for line in lines)
     assert any(line.startswith(f"{f}:4:15: dns.cache_size") for line in lines)
-    assert any(line.startswith(f"{f}:7:18: not a CIDR") for line in lines)
-    assert any(line.startswith(f"{f}:7:41: policy must name a policy") for line in lines)
+    assert any(line.startswith(f"{f}:7:18: networks.kids.cidrs[0]: not a CIDR") for line in lines)
+    assert any(line.startswith(f"{f}:7:41: networks.kids.policy must name a policy") for line in lines)
     assert any(line.startswith(f"{f}:9:33: unknown key policies.students.mode") for line in lines)
 
 
@@ -90,7 +90,7 @@ def test_check_config_command(tmp_path: Path) -> None:
     code, _, err = _check(str(f))
     assert code == 2
     assert err.splitlines() == [
-        f"{f}:1:19: dns.upstreams: not an IP address with optional port (1.2.3.4:53 or [::1]:53): 'nowhere'",
+        f"{f}:1:19: dns.upstreams[0]: not an IP address with optional port (1.2.3.4:53 or [::1]:53): 'nowhere'",
     ]
     f.write_text("policies:\n  default: {block: [gambling, nosuch]}\n")
     code, out, _ = _check(str(f), "--json")
@@ -147,13 +147,14 @@ policies:
     with pytest.raises(ConfigErrors) as info:
         load_config(f)
     lines = str(info.value).splitlines()
-    want = [f"{f}:1:11: unknown time zone 'Mars/Olympus'",
+    want = [f"{f}:1:11: timezone: unknown time zone 'Mars/Olympus'",
             f"{f}:5:16: policies.students.allow_doh must be true or false",
-            f"{f}:6:38: policies.students.safesearch: unknown search engine 'yahoo'",
-            f"{f}:8:16: policies.students.schedule[0]: days: 'mon-funday' is not a day",
-            f"{f}:9:27: policies.students.schedule[1]: time '8h' is not HH:MM",
-            f"{f}:10:58: policies.students.schedule[2]: unknown key 'colour'",
-            f"{f}:13:27: policies.staff.safesearch.youtube: safesearch.youtube must be one of",
+            f"{f}:6:26: policies.students.safesearch.google must be true or false",
+            f"{f}:6:38: unknown key policies.students.safesearch.yahoo",
+            f"{f}:8:16: policies.students.schedule[0].days: 'mon-funday' is not a day",
+            f"{f}:9:27: policies.students.schedule[1].time: not \"HH:MM-HH:MM\"",
+            f"{f}:10:58: unknown key policies.students.schedule[2].colour",
+            f"{f}:13:27: policies.staff.safesearch.youtube must be one of off, moderate, strict",
             f"{f}:14:15: policies.staff.schedule must be a list"]
     for w in want:
         assert any(line.startswith(w) for line in lines), (w, lines)

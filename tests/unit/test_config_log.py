@@ -31,8 +31,8 @@ def test_bad_upstreams_and_ca_are_reported_with_positions(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as e:
         load_config(f)
     msg = str(e.value)
-    for text in (f"{f}:2:15: dns.upstreams: not tls://address[:port][#server-name]: 'tls://dns.example'",
-                 f"{f}:2:36: dns.upstreams: not tls://address[:port][#server-name]: 'tls://1.2.3.4#bad name'",
-                 f"{f}:2:62: dns.upstreams: not an IP address with optional port",
+    for text in (f"{f}:2:15: dns.upstreams[0]: not tls://address[:port][#server-name]: 'tls://dns.example'",
+                 f"{f}:2:36: dns.upstreams[1]: not tls://address[:port][#server-name]: 'tls://1.2.3.4#bad name'",
+                 f"{f}:2:62: dns.upstreams[2]: not an IP address with optional port",
                  f"{f}:3:11: dns.tls_ca: no such file"):
         assert text in msg, msg

@@ -1,6 +1,6 @@
-"""Live flow inspection without sockets (appliance/flows/capture.py and the modules it re-exports from:
-capture_sources.py, flow_inspector.py): the kernel selection filter run
-by libpcap on crafted packets, and the inspector's decisions, counters and expiry."""
+"""Live flow inspection without sockets (appliance/flows/): the kernel selection filter run
+by libpcap on crafted packets, the inspector's decisions, counters and expiry, and the
+capture process's loop driven step by step over a replay source."""
 
 from __future__ import annotations
 
@@ -134,3 +134,63 @@ def test_warm_up_judges_nothing_and_the_name_cache_is_bounded(built, monkeypatch
         insp.packet(1.0, _ip(tcp_frame(records(client_hello(b"n%d.example" % i)), sport=41000 + i)), 4)
     assert insp.counters.seen == 6
     assert all(len(v) <= 2 for v in insp._verdicts.values())
+
+
+# -- the capture process's loop, step by step (appliance/flows/capture.py CaptureLoop) ---------
+
+def _loop(tmp_path: Path, packets, policy_block: str = "[gambling]"):
+    from appliance.compose import Assembly, build
+    from appliance.config.load import load_config
+    from appliance.flows.capture import CaptureLoop
+    from appliance.flows.sources import ReplaySource
+
+    bundle = make_bundle(tmp_path / "bundle", 1)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\nbundle: {bundle}\n"
+                   f"policies: {{default: {{block: {policy_block}}}}}\n")
+    built = build(load_config(cfg))
+    source = ReplaySource([(_ip(f), 4, None) for f in packets], per_read=2)
+    return cfg, CaptureLoop(Assembly(str(cfg)), built, source, None, False, FlowInspector(built, "monitor"))
+
+
+def _hello(name: bytes, sport: int) -> bytes:
+    return tcp_frame(records(client_hello(name)), sport=sport)
+
+
+def test_capture_loop_reads_judges_and_reports(tmp_path: Path) -> None:
+    from appliance.flows.inspector import read_flows_state
+
+    _cfg, loop = _loop(tmp_path, [_hello(BLOCKED.encode(), 41000 + i) for i in range(3)] + [_hello(b"ok.example", 42000)])
+    assert loop.read() == 4  # every read of the batch, two packets a read
+    assert loop.inspector.counters.seen == 4 and loop.inspector.counters.monitor == 3 and loop.dirty
+    loop.housekeeping(loop.next_state)
+    state = read_flows_state(tmp_path / "state")
+    assert not loop.dirty and state["counters"]["seen"] == 4 and state["capture"] == "replay"
+    assert loop.read() == 0  # nothing left: the loop goes on to housekeeping
+
+
+def test_capture_loop_follows_a_reload_and_keeps_its_rules_on_a_bad_one(tmp_path: Path) -> None:
+    import signal
+
+    cfg, loop = _loop(tmp_path, [_hello(BLOCKED.encode(), 41000), _hello(BLOCKED.encode(), 41001)])
+    first = loop.built
+    cfg.write_text(cfg.read_text().replace("block: [gambling]", "block: []"))
+    loop.flags.add(signal.SIGHUP)
+    loop.housekeeping(0.0)
+    assert loop.built is not first and signal.SIGHUP not in loop.flags
+    loop.read()
+    assert loop.inspector.counters.monitor == 0 and loop.inspector.counters.seen == 2  # allowed now
+    cfg.write_text(cfg.read_text().replace("block: []", "block: [no-such-category]"))
+    assert loop.follow(True, 0.0) is False and loop.built.cfg.policies["default"].block == ()
+
+
+def test_capture_loop_stops_on_sigterm_and_cleans_up(tmp_path: Path) -> None:
+    import signal
+
+    from appliance.flows.inspector import read_flows_state
+
+    _cfg, loop = _loop(tmp_path, [_hello(BLOCKED.encode(), 41000)])
+    loop.flags.add(signal.SIGTERM)
+    loop.run()  # returns at once: SIGTERM was seen
+    loop.close()
+    assert loop.source.closed and read_flows_state(tmp_path / "state")["running"] is False
