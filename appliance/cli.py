@@ -1,4 +1,4 @@
-"""The ``schoolgate`` command (DESIGN.md §5).
+"""The ``schoolgate`` command (its subcommands: README.md "What works today").
 
 Human text by default, JSON with ``--json``; errors go to stderr, exit status 2 for bad
 input (naming file:line:col where there is one), 1 for other failures.
@@ -13,9 +13,10 @@ import os
 import secrets
 import sys
 import time
-from datetime import datetime, timezone
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Sequence, TextIO
+from typing import TextIO
 
 from filters.errors import InputError, SchoolgateError
 
@@ -53,7 +54,7 @@ def cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(f"  ... {len(r.rejected) - _REJECTS_SHOWN:,} more rejected lines"
                   + ("" if args.rejects else " (--rejects FILE lists them all)"), file=err)
 
-    compiled = compile_sources(spec, now=datetime.now(timezone.utc), new_key=_random_key,
+    compiled = compile_sources(spec, now=datetime.now(UTC), new_key=_random_key,
                                progress=progress)
     if args.rejects:
         with open(args.rejects, "w", encoding="utf-8") as f:
@@ -82,7 +83,7 @@ def _policy_mask(catalog, args: argparse.Namespace) -> int:
     from filters.catalog import ALL_CATEGORIES
 
     if args.policy is None:
-        return ALL_CATEGORIES  # DESIGN.md §5: without a policy every category counts
+        return ALL_CATEGORIES  # without a policy every category counts (docs/matching.md)
     if args.config is None:
         raise InputError("--policy needs --config (policies are defined in the config)")
     from appliance.config.load import load_config
@@ -140,7 +141,7 @@ def _keyring(args: argparse.Namespace):
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _print_result(args: argparse.Namespace, out: TextIO, err: TextIO, text: str, data: dict) -> int:

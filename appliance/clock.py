@@ -6,13 +6,13 @@ the time the same way, and so that tests have one seam to replace.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 __all__ = ["utc_now", "utc_text"]
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def utc_text() -> str:

@@ -1,4 +1,4 @@
-"""Live capture path: new TLS flows per second on one core (issue 5's target: >= 5 k/s).
+"""Live capture path: new TLS flows per second on one core (target: >= 5 k/s).
 
     python -m benchmarks.bench_flows_live [--flows N] [--netns] [--rates 5000,10000,20000]
 
@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import struct
 import subprocess
 import sys
@@ -109,8 +108,8 @@ def _nflog_msg(ip: bytes, group: int = 2375) -> bytes:
 
 
 def _built(tmp: Path):
-    from appliance.config.load import load_config
     from appliance.compose import build
+    from appliance.config.load import load_config
     from tests.bundles import make_bundle
 
     bundle = make_bundle(tmp / "bundle", 1)

@@ -10,7 +10,7 @@ tool reads the same file as a whole process (start-up included), with output to 
 
 - schoolgate: ``schoolgate inspect FILE --bundle B --json``;
 - tshark: ``tshark -n -r FILE -T fields -e tls.handshake.extensions_server_name
-  -e dns.qry.name -e http.host`` (issue 5's oracle command; it decrypts QUIC Initials too);
+  -e dns.qry.name -e http.host`` (the oracle the tests compare names with; it decrypts QUIC Initials too);
 - ndpiReader (Debian libndpi-bin) ``-i FILE -q``: flow classification, when installed.
 
 Each tool runs ``--repeat`` times (default 3), the tools taking turns (schoolgate, tshark,
@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import SHARED_DATA, ROOT, machine, table
+from benchmarks._common import ROOT, SHARED_DATA, machine, table
 
 SV = SHARED_DATA / "pcaps" / "suricata-verify"
 
@@ -148,7 +148,7 @@ def main() -> int:
     ap.add_argument("--markdown", help="also write the table to this file")
     args = ap.parse_args()
     if not SV.is_dir():
-        print(f"skipped: {SV} not found (see ../shared/data/README.md)")
+        print(f"skipped: {SV} not found (set SCHOOLGATE_SHARED_DATA to a copy of the public lists and pcaps)")
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="bench-inspect-"))
     pcap = Path(args.keep) if args.keep else tmp / "replay.pcap"

@@ -2,7 +2,7 @@
 
 Run ``python -m benchmarks.bench_keywords`` (or this file) from the repository root.
 
-Patterns: keywords derived from real UT1 lists (../shared/data/lists/ut1): hyphen tokens and
+Patterns: keywords derived from real UT1 lists (the shared test data's lists/ut1): hyphen tokens and
 registrable labels of gambling, dating, adult-ish, drug, warez and aggression domains, each
 category one mask bit; a deterministic synthetic set when the data is absent.
 Texts: synthetic HTTP request targets ``http://host/path?query`` with hosts from real UT1
@@ -35,12 +35,13 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._common import SHARED_DATA  # noqa: E402
 from filters.keyword_scanner import KeywordScanner, build_keyword_table  # noqa: E402
 
 __all__ = ["run", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
-UT1 = ROOT.parent / "shared" / "data" / "lists" / "ut1"
+UT1 = SHARED_DATA / "lists" / "ut1"
 SEED = 20240601
 N_PATTERNS = 5_000
 CORPUS_BYTES = 64 * 2**20

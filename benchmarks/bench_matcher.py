@@ -3,7 +3,7 @@
     python -m benchmarks.bench_matcher [--quick] [--markdown FILE]
 
 Workloads: the real UT1 category lists plus StevenBlack's unified hosts (from
-../shared/data, skipped when absent) and a synthetic 1,000,000-domain list. For each:
+the shared test data, SCHOOLGATE_SHARED_DATA; skipped when absent) and a synthetic 1,000,000-domain list. For each:
 compile time, bytes per domain (array bytes / entries) and process memory (RSS and PSS
 growth in a fresh process), load time, single-lookup latency and batch names/s on 3-5-label
 names, half of them below listed names. The peer is the obvious Python design: a ``set`` of
@@ -19,7 +19,7 @@ import secrets
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +101,7 @@ print(json.dumps({{k: after[k] - before[k] for k in after}}))
 def measure(label: str, sources_yaml: Path, names_file: Path, listed: list[str],
             n_batch: int, n_ref: int, demo_bundle: Path, workdir: Path) -> dict:
     t0 = time.perf_counter()
-    compiled = compile_sources(load_sources(sources_yaml), now=datetime.now(timezone.utc), new_key=_key)
+    compiled = compile_sources(load_sources(sources_yaml), now=datetime.now(UTC), new_key=_key)
     bundle_dir = write_bundle(workdir / f"bundle-{label}", compiled.arrays, compiled.manifest)
     compile_s = time.perf_counter() - t0
     n_domains = compiled.manifest["counts"]["domains"]
@@ -189,9 +189,10 @@ def _ut1_sources(tmp: Path) -> tuple[Path, Path, list[str]] | None:
     y.write_text("\n".join(lines) + "\n")
     names: set[str] = set()
     for c in cats:
-        names.update(l.strip().lower() for l in (ut1 / c / "domains").read_text(errors="replace").split("\n")
-                     if l.strip() and not l.startswith("#") and not l[0].isdigit())
-    names.update(l.split()[-1].lower() for l in hosts.read_text().splitlines() if l.strip() and not l.startswith("#"))
+        names.update(line.strip().lower() for line in (ut1 / c / "domains").read_text(errors="replace").split("\n")
+                     if line.strip() and not line.startswith("#") and not line[0].isdigit())
+    names.update(line.split()[-1].lower() for line in hosts.read_text().splitlines()
+                 if line.strip() and not line.startswith("#"))
     names_file = tmp / "real-names.txt"
     listed = sorted(names)
     names_file.write_text("\n".join(listed) + "\n")
@@ -206,7 +207,7 @@ def run(quick: bool = False) -> tuple[list[dict], dict]:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         demo = compile_sources(load_sources(Path(__file__).parent.parent / "config/demo/sources.yaml"),
-                               now=datetime.now(timezone.utc), new_key=_key)
+                               now=datetime.now(UTC), new_key=_key)
         demo_dir = write_bundle(tmp / "demo", demo.arrays, demo.manifest)
         real = _ut1_sources(tmp)
         if real:
@@ -215,7 +216,8 @@ def run(quick: bool = False) -> tuple[list[dict], dict]:
             print(f"note: {SHARED_DATA} absent; real-list workload skipped", file=sys.stderr)
         syn = synthetic_domains(n_syn)
         (tmp / "syn.txt").write_text("\n".join(syn) + "\n")
-        (tmp / "syn.yaml").write_text(f"version: 1\ncategories:\n  syn: {{sources: [{{path: {tmp / 'syn.txt'}, format: domains}}]}}\n")
+        (tmp / "syn.yaml").write_text("version: 1\ncategories:\n"
+                                      f"  syn: {{sources: [{{path: {tmp / 'syn.txt'}, format: domains}}]}}\n")
         rows.append(measure(f"synthetic {n_syn:,}", tmp / "syn.yaml", tmp / "syn.txt", syn,
                             n_batch, n_ref, demo_dir, tmp))
     return rows, first_run_compile_seconds()
@@ -228,15 +230,25 @@ def render(rows: list[dict], jit: dict) -> str:
                    f"with the set reference on {r['checked']:,} queries")
         out.append("")
         out.append(table([
-            {"measure": "compile (s)", "schoolgate": f"{r['compile_s']:.2f}", "Python set": f"{r['ref_build_s']:.2f} (set only, no parsing)", "ratio": ""},
-            {"measure": "array bytes / domain", "schoolgate": f"{r['bytes_per_domain']:.2f}", "Python set": "", "ratio": ""},
-            {"measure": "RSS growth / domain (B)", "schoolgate": f"{r['rss_per_domain']:.1f}", "Python set": f"{r['ref_rss_per_domain']:.1f}", "ratio": f"{r['ref_rss_per_domain'] / r['rss_per_domain']:.1f}x less"},
-            {"measure": "PSS growth / domain (B)", "schoolgate": f"{r['pss_per_domain']:.1f}", "Python set": "", "ratio": ""},
+            {"measure": "compile (s)", "schoolgate": f"{r['compile_s']:.2f}",
+             "Python set": f"{r['ref_build_s']:.2f} (set only, no parsing)", "ratio": ""},
+            {"measure": "array bytes / domain", "schoolgate": f"{r['bytes_per_domain']:.2f}", "Python set": "",
+             "ratio": ""},
+            {"measure": "RSS growth / domain (B)", "schoolgate": f"{r['rss_per_domain']:.1f}",
+             "Python set": f"{r['ref_rss_per_domain']:.1f}",
+             "ratio": f"{r['ref_rss_per_domain'] / r['rss_per_domain']:.1f}x less"},
+            {"measure": "PSS growth / domain (B)", "schoolgate": f"{r['pss_per_domain']:.1f}", "Python set": "",
+             "ratio": ""},
             {"measure": "load (ms)", "schoolgate": f"{r['load_ms']:.2f}", "Python set": "", "ratio": ""},
-            {"measure": "single lookup, wire QNAME (µs)", "schoolgate": f"{r['single_wire_us']:.2f}", "Python set": f"{r['ref_single_us']:.2f}", "ratio": f"{r['ref_single_us'] / r['single_wire_us']:.2f}x faster"},
-            {"measure": "single lookup, str + why (µs)", "schoolgate": f"{r['single_str_us']:.2f}", "Python set": f"{r['ref_single_us']:.2f}", "ratio": ""},
-            {"measure": "batch, wire (names/s)", "schoolgate": f"{r['batch_wire_per_s'] / 1e6:.2f} M", "Python set": f"{r['ref_per_s'] / 1e6:.2f} M", "ratio": f"{r['batch_wire_per_s'] / r['ref_per_s']:.1f}x"},
-            {"measure": "batch, str list (names/s)", "schoolgate": f"{r['batch_text_per_s'] / 1e6:.2f} M", "Python set": f"{r['ref_per_s'] / 1e6:.2f} M", "ratio": f"{r['batch_text_per_s'] / r['ref_per_s']:.1f}x"},
+            {"measure": "single lookup, wire QNAME (µs)", "schoolgate": f"{r['single_wire_us']:.2f}",
+             "Python set": f"{r['ref_single_us']:.2f}",
+             "ratio": f"{r['ref_single_us'] / r['single_wire_us']:.2f}x faster"},
+            {"measure": "single lookup, str + why (µs)", "schoolgate": f"{r['single_str_us']:.2f}",
+             "Python set": f"{r['ref_single_us']:.2f}", "ratio": ""},
+            {"measure": "batch, wire (names/s)", "schoolgate": f"{r['batch_wire_per_s'] / 1e6:.2f} M",
+             "Python set": f"{r['ref_per_s'] / 1e6:.2f} M", "ratio": f"{r['batch_wire_per_s'] / r['ref_per_s']:.1f}x"},
+            {"measure": "batch, str list (names/s)", "schoolgate": f"{r['batch_text_per_s'] / 1e6:.2f} M",
+             "Python set": f"{r['ref_per_s'] / 1e6:.2f} M", "ratio": f"{r['batch_text_per_s'] / r['ref_per_s']:.1f}x"},
         ], ["measure", "schoolgate", "Python set", "ratio"]))
         out.append("")
     out.append(f"numba first run (empty cache: compile every kernel, then one lookup): {jit['cold_s']:.1f} s; "

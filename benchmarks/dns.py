@@ -1,7 +1,7 @@
 """schoolgate vs dnsmasq (and unbound, when installed) under dnsperf, same list, in one run.
 
     python -m benchmarks.dns [--list FILE ...] [--limit N] [--duration S] [--repeat N] [--clients N]
-                             [--qps N] [--latency-qps N] [--workers N] [--python-path] [--no-unbound]
+                             [--qps N] [--latency-qps N] [--workers N] [--python-path] [--no-unbound] [--baseline DIR]
 
 Every server gets the same list (default: the first 1 M names of every shared list in a
 plain-name format): schoolgate as a compiled bundle, dnsmasq as an ``--addn-hosts`` file
@@ -123,7 +123,8 @@ def wait_answer(port: int, name: str, timeout: float) -> float:
 
 def dnsperf(port: int, qfile: Path, seconds: float, clients: int, qps: int, verbose: bool = False) -> dict:
     argv = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile), "-l", str(seconds),
-            "-c", str(clients), "-q", "200", "-t", "2"] + (["-Q", str(qps)] if qps else []) + (["-v"] if verbose else [])
+            "-c", str(clients), "-q", "200", "-t", "2"]
+    argv += (["-Q", str(qps)] if qps else []) + (["-v"] if verbose else [])
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
 
     def num(pattern: str) -> float:
@@ -158,7 +159,7 @@ def read_names(paths: list[Path], limit: int) -> list[str]:
 
 def default_lists() -> list[Path]:
     """Every shared list in a plain-name format (domains or hosts): UT1 first, then The Block
-    List Project, StevenBlack and HaGeZi — together just over the issue's 1 M names."""
+    List Project, StevenBlack and HaGeZi — together just over the 1 M-name target."""
     lists = SHARED_DATA / "lists"
     found = sorted((lists / "ut1").glob("*/domains"))
     for sub in ("blocklistproject/plain", "blocklistproject/hosts", "stevenblack", "hagezi-2022/domains",
@@ -169,12 +170,13 @@ def default_lists() -> list[Path]:
 
 
 class Server:
-    def __init__(self, name: str, argv: list[str], port: int, log: Path, env: dict | None = None) -> None:
+    def __init__(self, name: str, argv: list[str], port: int, log: Path, env: dict | None = None,
+                 cwd: Path = ROOT) -> None:
         self.name, self.port = name, port
         self._log = open(log, "wb")
         t0 = time.monotonic()
         self.p = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  cwd=ROOT, env={**os.environ, **(env or {})})
+                                  cwd=cwd, env={**os.environ, **(env or {})})
         try:
             wait_answer(port, "probe.allowed.test", 300)
         except RuntimeError:
@@ -234,7 +236,8 @@ def hide_dev_packages(tmp: Path) -> Path:
     d = tmp / "hide-dev"
     for name in DEV_ONLY:
         (d / name).mkdir(parents=True, exist_ok=True)
-        (d / name / "__init__.py").write_text(f"raise ImportError('{name}: not on the appliance (benchmarks/dns.py)')\n")
+        (d / name / "__init__.py").write_text(
+            f"raise ImportError('{name}: not on the appliance (benchmarks/dns.py)')\n")
     return d
 
 
@@ -279,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-unbound", action="store_true", help="leave unbound out even when installed")
     ap.add_argument("--python-path", action="store_true",
                     help="also schoolgate with dns.fast_path: false (the plain asyncio loop)")
+    ap.add_argument("--baseline", type=Path, metavar="DIR",
+                    help="also the schoolgate of another checkout (e.g. `git worktree add DIR <commit>`), "
+                         "run the same way, as schoolgate-baseline: a change measured against its parent "
+                         "in one run")
     args = ap.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every server started here.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -318,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         servers: dict[str, dict] = {}
         try:
             variants = [("schoolgate", True)] + ([("schoolgate-python", False)] if args.python_path else [])
+            variants += [("schoolgate-baseline", True)] if args.baseline else []
+            trees = {"schoolgate-baseline": args.baseline.resolve()} if args.baseline else {}
             for name, fast in variants:
                 (tmp / f"{name}.yaml").write_text(
                     f"state_dir: {tmp}/state-{name}\nbundle: {tmp}/bundle\n"
@@ -346,8 +355,10 @@ def main(argv: list[str] | None = None) -> int:
                         cfg = tmp / f"{name}-{rep}.yaml"
                         cfg.write_text((tmp / f"{name}.yaml").read_text().replace("{port}", str(port)))
                         cmd = [sys.executable, "-m", "appliance.cli", "run", "--config", str(cfg)]
-                    srv = Server(name, cmd, port, tmp / f"{name}-{rep}.log",
-                                 env=None if name in others else {"PYTHONPATH": str(hide_dev_packages(tmp))})
+                    tree_dir = trees.get(name, ROOT)
+                    srv = Server(name, cmd, port, tmp / f"{name}-{rep}.log", cwd=tree_dir,
+                                 env=None if name in others else
+                                 {"PYTHONPATH": f"{tree_dir}{os.pathsep}{hide_dev_packages(tmp)}"})
                     try:
                         for r in measure(srv, port, mixes, tmp, args):
                             results.setdefault(name, []).append(r)
@@ -397,6 +408,17 @@ def main(argv: list[str] | None = None) -> int:
                                "q/CPU-s ratio": f"{sg['q_per_cpu_s'] / dm['q_per_cpu_s']:.2f}",
                                "PSS / dnsmasq RSS": f"{sg_pss / dm_rss:.2f}"})
     print(table(ratios, ["server", "mix", "qps ratio", "q/CPU-s ratio", "PSS / dnsmasq RSS"]))
+    if args.baseline:
+        print()
+        vs = []
+        for mix in mixes:
+            new, old = agg.get(("schoolgate", mix)), agg.get(("schoolgate-baseline", mix))
+            if new and old and old["q_per_cpu_s"]:
+                vs.append({"mix": mix, "q/CPU-s": f"{new['q_per_cpu_s']:,.0f}",
+                           "baseline q/CPU-s": f"{old['q_per_cpu_s']:,.0f}",
+                           "change": f"{(new['q_per_cpu_s'] / old['q_per_cpu_s'] - 1) * 100:+.1f} %"})
+        print(f"# schoolgate ({ROOT}) against schoolgate-baseline ({args.baseline})")
+        print(table(vs, ["mix", "q/CPU-s", "baseline q/CPU-s", "change"]))
     return 0
 
 

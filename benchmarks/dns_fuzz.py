@@ -2,7 +2,7 @@
 
     python -m benchmarks.dns_fuzz [--packets 1000000] [--check 20000] [--boundscheck] [--seed N]
 
-Packets: the shared fuzz seeds (../shared/data/dns-fuzz), the malformed set of the tests,
+Packets: the shared fuzz seeds (dns-fuzz/ of the shared test data), the malformed set of the tests,
 real queries, their mutations (truncations, byte flips), random bytes, lying counts
 (tests/dnsdata.hostile_packets). They go through the kernel in batches of 64, with the rate
 limiter on and a filled cache, as the server runs it. ``--check N``: the first N also go
@@ -39,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
             return subprocess.run([sys.executable, "-m", "benchmarks.dns_fuzz", *(argv or sys.argv[1:])],
                                   env=env, cwd=ROOT).returncode
 
-    from tests.unit.test_dns_fast import ALLOWED, BLOCKED, CLIENTS, Twin, upstream_answer
-    from tests.bundles import make_bundle
-    from tests.dnsdata import hostile_packets, query
     from filters.dns_fast import ACT_DROP, ACT_PYTHON, ACT_SEND
     from signatures.bundle import open_bundle
+    from tests.bundles import make_bundle
+    from tests.dnsdata import hostile_packets, query
+    from tests.unit.test_dns_fast import ALLOWED, BLOCKED, CLIENTS, Twin, upstream_answer
 
     with tempfile.TemporaryDirectory(prefix="sg-fuzz-") as td:
         bundle = make_bundle(Path(td) / "bundle", 3, extra=("ads.example",))

@@ -2,7 +2,7 @@
 
     python -m benchmarks.fuzz_extractors [--inputs 1000000] [--seed N] [--max-ms 50]
 
-Seeds: the TCP/UDP payloads of every capture in ../shared/data/pcaps (real ClientHellos,
+Seeds: the TCP/UDP payloads of every capture in the shared test data's pcaps/ (real ClientHellos,
 QUIC Initials, DNS messages, HTTP requests) plus crafted ones (tests/wire.py). Each input is
 a seed mutated (bit flips, byte overwrites with 0x00/0xff/length-like values, truncation,
 insertion, duplication of a slice, splicing two seeds) or random bytes; it goes through
@@ -20,22 +20,22 @@ import argparse
 import random
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
+from benchmarks._common import SHARED_DATA
 from filters import extract_dns, extract_http, extract_quic, extract_tls
 from filters.errors import PacketError
 
-ROOT = Path(__file__).resolve().parent.parent
-PCAPS = ROOT.parent / "shared" / "data" / "pcaps"
+PCAPS = SHARED_DATA / "pcaps"
 MAX_SEEDS = 4000  # distinct payloads kept as seeds (the captures hold ~10k, many alike)
 
 
 def seeds(pcaps: Path = PCAPS, limit: int = MAX_SEEDS) -> list[bytes]:
     """Distinct non-empty TCP/UDP payloads of the shared captures, plus crafted ones."""
     from appliance.pcap.reader import CaptureFile
-    from filters.packet import Drop, decode
     from filters.errors import CaptureFileError
+    from filters.packet import Drop, decode
 
     out: dict[bytes, None] = {}
     files = sorted(p for p in pcaps.rglob("*") if p.suffix in (".pcap", ".pcapng", ".cap")) if pcaps.is_dir() else []

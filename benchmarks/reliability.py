@@ -1,4 +1,4 @@
-"""The reliability table of issue 8, from one command: the gateway scenarios and faults (the
+"""The reliability table, from one command: the gateway scenarios and faults (the
 pytest modules on the namespace test bed), a flood at several times the measured capacity,
 and a soak — then one table, optionally appended to benchmarks/RESULTS.md.
 
@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks._common import ROOT, machine
@@ -112,8 +112,8 @@ def table(tests: dict, fl: dict, soak: dict, metrics: dict) -> str:
 def append_results(text: str, soak_minutes: float) -> None:
     """Add the table to RESULTS.md: a dated run under the Reliability section (created once)."""
     path = ROOT / "benchmarks" / "RESULTS.md"
-    head = "## Reliability (issue 8) — `sudo python -m benchmarks.reliability`"
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    head = "## Reliability — `sudo python -m benchmarks.reliability`"
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = f"\n### {stamp}: soak {soak_minutes:g} min\n\n{machine()}.\n\n{text}\n"
     existing = path.read_text(encoding="utf-8") if path.exists() else ""
     if head not in existing:

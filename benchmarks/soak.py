@@ -1,6 +1,6 @@
 """Soak: the whole appliance on the gateway test bed (tests/integration/testbed.py) under a
 steady query load from the students' and the staff network for a long time; RSS and PSS of
-every appliance process sampled throughout. Issue 8: RSS growth < 5 % over ≥ 30 min.
+every appliance process sampled throughout. Target: RSS growth < 5 % over ≥ 30 min.
 
     sudo python -m benchmarks.soak --minutes 30            # the real run (root: namespaces)
     sudo python -m benchmarks.soak --minutes 2 --json       # what CI's test does, roughly

@@ -29,7 +29,7 @@ nesting depth (1-3 in real lists, at most 33 / 129).
 This replaces a table of elementary intervals with per-interval rule lists: same lookup
 cost, no interval arrays at all (13 bytes per v4 entry plus the index, instead of ~30).
 
-Verdict (DESIGN.md §3): blocked iff some matching CIDR's categories meet the policy and no
+Verdict (docs/matching.md): blocked iff some matching CIDR's categories meet the policy and no
 matching allow CIDR is at least as specific as the most specific such CIDR. ``rule`` is the
 entry that decided: the blocking CIDR when blocked, the allow CIDR that overrode it when an
 allow won, -1 when no matching CIDR's categories meet the policy.

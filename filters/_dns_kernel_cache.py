@@ -18,12 +18,13 @@ __all__ = ["cache_find", "cache_unlink", "cache_put", "cache_lookup_key", "rende
 
 _U = np.uint64
 
-# -- the wire cache's arrays (see filters/dns_cache.py for the design) ---------------------
+# -- the wire cache's arrays (appliance/dns/cache.py ArrayCache has the design) ----------
 # cache state (int64): ring of entries in insertion order, byte arena written as a ring.
 CS_HEAD, CS_TAIL, CS_COUNT, CS_LIVE, CS_CAP, CS_ARENA, CS_SMASK = range(7)
 CS_WIDTH = 8
 # per-entry integers
-EI_OFF, EI_SIZE, EI_KLEN, EI_BLEN, EI_NTTL, EI_NCN, EI_FLAGS, EI_AN, EI_NS, EI_AR, EI_LIVE, EI_BODYOFF, EI_TTL = range(13)
+(EI_OFF, EI_SIZE, EI_KLEN, EI_BLEN, EI_NTTL, EI_NCN, EI_FLAGS, EI_AN, EI_NS, EI_AR, EI_LIVE, EI_BODYOFF,
+ EI_TTL) = range(13)
 EI_WIDTH = 13
 # per-entry times
 EF_STORED, EF_EXPIRES, EF_STALE = 0, 1, 2

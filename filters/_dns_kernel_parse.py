@@ -119,7 +119,8 @@ def policy_for(addr, v4, v6, v6pol, default):
                 mapped = False
     if fam == 4 or mapped:
         b = 1 if fam == 4 else 13
-        ip = (np.int64(addr[b]) << 24) | (np.int64(addr[b + 1]) << 16) | (np.int64(addr[b + 2]) << 8) | np.int64(addr[b + 3])
+        ip = ((np.int64(addr[b]) << 24) | (np.int64(addr[b + 1]) << 16) | (np.int64(addr[b + 2]) << 8)
+              | np.int64(addr[b + 3]))
         for r in range(v4.shape[0]):
             if ip & v4[r, 1] == v4[r, 0]:
                 return v4[r, 2]

@@ -277,7 +277,7 @@ def _probe_all(scratch, count, table, row):
 
 @njit(cache=True, inline="always")
 def _decide(n, p, scratch, policy, out, main, local, has_local):
-    """Apply DESIGN.md §3 to one name's probe results (columns p .. p+n-1); fill ``out``.
+    """Apply the matching rule (docs/matching.md) to one name's probe results (columns p .. p+n-1); fill ``out``.
 
     The two tables' bookkeeping is written out twice on purpose: a helper taking the class
     arrays measured 2.5x slower (reference counting of array arguments on every probe)."""

@@ -75,7 +75,8 @@ def _quic_initial(buf, p, n):
     """Long header, fixed bit, a version we decrypt (v1, v2, drafts 29-32), Initial type."""
     if n - p < 7 or buf[p] & 0xC0 != 0xC0:
         return False
-    v = (np.uint32(buf[p + 1]) << 24) | (np.uint32(buf[p + 2]) << 16) | (np.uint32(buf[p + 3]) << 8) | np.uint32(buf[p + 4])
+    v = ((np.uint32(buf[p + 1]) << 24) | (np.uint32(buf[p + 2]) << 16) | (np.uint32(buf[p + 3]) << 8)
+         | np.uint32(buf[p + 4]))
     t = (buf[p] >> 4) & 3
     if v == 1 or (v >= 0xFF00001D and v <= 0xFF000020):
         return t == 0

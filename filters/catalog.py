@@ -1,13 +1,13 @@
 """Names for the numbers in a table: category bits and list sources.
 
 Tables store category bitmasks and source ids; admins read names. A Catalog translates
-both ways and is what turns a verdict into the "why" of DESIGN.md §3.
+both ways and is what turns a verdict into the "why" of docs/matching.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from filters.classes import LOCAL_CATEGORY_BIT, MAX_CATEGORIES
 from filters.errors import InputError

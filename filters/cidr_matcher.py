@@ -1,4 +1,4 @@
-"""Match IP addresses against a bundle's CIDR entries (DESIGN.md §3).
+"""Match IP addresses against a bundle's CIDR entries (docs/matching.md).
 
 An address matches every CIDR that contains it. Its categories are the union of those
 CIDRs' categories; it is blocked under a policy when some matching CIDR's categories meet

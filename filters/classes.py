@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 # Categories are bits of a uint64. Bit 63 is the config's local block list, which every
-# policy blocks (DESIGN.md §3), so a bundle may declare at most 63 categories.
+# policy blocks (docs/matching.md), so a bundle may declare at most 63 categories.
 LOCAL_CATEGORY_BIT = 63
 MAX_CATEGORIES = 63
 

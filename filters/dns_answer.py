@@ -14,8 +14,16 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from filters.dns_response import (RCODE_FORMERR, RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_REFUSED,
-                                  TYPE_A, TYPE_AAAA, TYPE_SOA, Normalised)
+from filters.dns_response import (
+    RCODE_FORMERR,
+    RCODE_NOERROR,
+    RCODE_NXDOMAIN,
+    RCODE_REFUSED,
+    TYPE_A,
+    TYPE_AAAA,
+    TYPE_SOA,
+    Normalised,
+)
 from filters.dns_wire import HEADER_LEN, MAX_UDP_PAYLOAD, Query
 from filters.errors import InputError
 

@@ -83,7 +83,7 @@ class FastTables:
     policy_names: tuple[str, ...]
 
     @classmethod
-    def build(cls, policies: PolicySet, matcher: DomainMatcher) -> "FastTables":
+    def build(cls, policies: PolicySet, matcher: DomainMatcher) -> FastTables:
         names = tuple(policies.rules)
         index = {n: i for i, n in enumerate(names)}
         v4, v6, v6pol = [], [], []
@@ -171,8 +171,8 @@ class Batch:
             now: float) -> int:
         """Process datagrams 0..count-1 already in the buffers; returns the answer count."""
         return K.process_batch(count, self.rx, self.rxlen, self.addrs, self.tx, self.txlen, self.txsrc,
-                               self.act, self.blocked_mask, fast.tables, fast.match, cache, limiter, counters, self.scratch,
-                               float(now))
+                               self.act, self.blocked_mask, fast.tables, fast.match, cache, limiter, counters,
+                               self.scratch, float(now))
 
     def run_packets(self, packets: list[bytes], clients: list[str], fast: FastTables, cache: tuple,
                     limiter: tuple, counters: np.ndarray, now: float) -> list[bytes | int]:

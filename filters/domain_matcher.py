@@ -1,6 +1,6 @@
 """The domain matcher's Python API: single names, wire QNAMEs and batches.
 
-Semantics are DESIGN.md §3; the work happens in _domain_kernels.py. A matcher is immutable
+Semantics are docs/matching.md; the work happens in _domain_kernels.py. A matcher is immutable
 (its arrays may be read-only memory maps shared by every worker). The local overlay (the
 config's block and allow lists) is a second, small table hashed with the bundle's key, so a
 lookup hashes each suffix once and probes both.
@@ -8,8 +8,8 @@ lookup hashes each suffix once and probes both.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import numba
 import numpy as np
@@ -114,7 +114,7 @@ class DomainMatcher:
 
     # -- building the local overlay ------------------------------------------------------
     def with_local(self, block: Iterable[str] = (), allow: Iterable[str] = (),
-                   divert: Mapping[int, Iterable[str]] | None = None) -> "DomainMatcher":
+                   divert: Mapping[int, Iterable[str]] | None = None) -> DomainMatcher:
         """A matcher with the config's local lists (entries in list syntax: ``*.x``, ``.x``)
         and ``divert`` entries (category mask of reserved bits -> domain names).
         Raises BadNameError for an entry that is not a domain name."""
@@ -142,7 +142,7 @@ class DomainMatcher:
     # -- lookups ---------------------------------------------------------------------------
     @staticmethod
     def policy_mask(mask: int) -> np.uint64:
-        # Local block entries are blocked under every policy (DESIGN.md §3).
+        # Local block entries are blocked under every policy (docs/matching.md).
         return np.uint64((mask | _LOCAL_MASK) & ((1 << 64) - 1))
 
     def match_wire(self, buf: bytes | np.ndarray, start: int, policy: np.uint64) -> int:

@@ -30,8 +30,8 @@ per entry, against ~9 B for Blocky's hash set and 99 B/domain measured for dnsma
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -94,7 +94,7 @@ class DomainTable:
         }
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], n_classes: int) -> "DomainTable":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], n_classes: int) -> DomainTable:
         """Adopt arrays (e.g. read-only memory maps) after cheap consistency checks."""
         try:
             params = arrays["domain_params"]

@@ -286,13 +286,15 @@ class QuicInitialSession:
                 self._add(off, data)
         if not decrypted:
             if self._initials >= MAX_INITIALS:
-                return self._finish(Extraction(Status.ERROR, reason=f"no ClientHello in {MAX_INITIALS} Initial packets"))
+                return self._finish(Extraction(Status.ERROR,
+                                               reason=f"no ClientHello in {MAX_INITIALS} Initial packets"))
             return Extraction(Status.NONE, reason="; ".join(reasons))
         upto = self._have.find(0)
         res = client_hello_from_handshake(self._buf if upto < 0 else self._buf[:upto])
         if res.status == Status.MORE:
             if self._initials >= MAX_INITIALS:
-                return self._finish(Extraction(Status.ERROR, reason=f"ClientHello incomplete after {MAX_INITIALS} Initial packets"))
+                return self._finish(Extraction(
+                    Status.ERROR, reason=f"ClientHello incomplete after {MAX_INITIALS} Initial packets"))
             return MORE
         return self._finish(res)
 

@@ -10,8 +10,8 @@ drive every row the same way: ``datagram`` for stateless per-datagram parsing, e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from filters import extract_dns, extract_http, extract_quic, extract_tls
 from filters.extraction import Extraction, Session

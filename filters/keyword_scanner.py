@@ -178,7 +178,7 @@ class KeywordTable:
         could read outside its arrays. A signed bundle has passed its hashes before this
         point; this is the belt-and-braces pass done once per activation, not per load.
         """
-        k, n, acc0 = self.n_classes, self.n_states, self.acc0
+        n, acc0 = self.n_states, self.acc0
         d = self.delta
         if len(d) and (int(d.min()) < 0 or int(d.max()) >= n):
             raise BundleError("keyword table: transition out of range")

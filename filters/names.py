@@ -1,4 +1,4 @@
-"""Domain name normalisation (DESIGN.md §3) and the wire form the matcher hashes.
+"""Domain name normalisation (docs/matching.md) and the wire form the matcher hashes.
 
 Names are compared lower-cased, without the trailing dot, with internationalised labels as
 A-labels (punycode). This module is the single place that turns text from lists, configs and
@@ -42,7 +42,7 @@ _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 def normalise_pattern(text: str) -> tuple[str, bool]:
     """Normalise a list entry; returns ``(name, subdomains_only)``.
 
-    ``*.example.com`` means example.com's subdomains but not the apex (DESIGN.md §3), so it
+    ``*.example.com`` means example.com's subdomains but not the apex (docs/matching.md), so it
     comes back as ``("example.com", True)``; a leading ``.`` is ignored.
     Raises :class:`BadNameError` with a reason an admin can act on.
     """

@@ -32,8 +32,9 @@ categories) ``DIVERT_ALL`` sends every query of such a policy to Python.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BYPASS_NXDOMAIN", "BYPASS_NODATA", "bypass_action", "PolicyRule", "NetworkTable",
            "PolicySet", "MAX_REMEMBERED_CLIENTS", "DOH_CATEGORY", "DIVERT_ALL", "PolicySpec",
-           "blocked_categories", "assign_divert_bits", "compile_policies"]
+           "blocked_categories", "assign_divert_bits", "CompiledPolicies", "compile_policies"]
 
 # The bundle category of DNS-over-HTTPS resolvers: blocked under every policy unless the
 # policy says ``allow_doh: true`` — a browser that reaches its own resolver bypasses every
@@ -86,7 +87,7 @@ class PolicyRule:
 
     def temporarily_allowed(self, qname: bytes, block_depth: int) -> bool:
         """Does a temporary allow cover the lower-case wire name ``qname`` at a suffix at
-        least ``block_depth`` labels long (the longest blocking suffix, DESIGN.md §3)?"""
+        least ``block_depth`` labels long (the longest blocking suffix, docs/matching.md)?"""
         if not self.temp_allowed:
             return False
         starts = []
@@ -158,6 +159,13 @@ class PolicySet:
         return rule
 
 
+class CompiledPolicies(NamedTuple):
+    """The policies in force at one moment (unpacks as ``matcher, policies``)."""
+
+    matcher: DomainMatcher  # the bundle's, with the local lists and divert entries in its overlay
+    policies: PolicySet
+
+
 @dataclass(frozen=True)
 class PolicySpec:
     """A policy as configured, at one moment: the categories it blocks now (schedules
@@ -201,7 +209,7 @@ def assign_divert_bits(names: Mapping[str, frozenset[str]], free_bits: list[int]
 
 def compile_policies(matcher: DomainMatcher, local_block: Iterable[str], local_allow: Iterable[str],
                      specs: Iterable[PolicySpec], networks: NetworkTable,
-                     temporary: Iterable[tuple[str, str]] = ()) -> tuple[DomainMatcher, PolicySet]:
+                     temporary: Iterable[tuple[str, str]] = ()) -> CompiledPolicies:
     """The matcher (``matcher`` with the local lists and the divert entries in its overlay)
     and the PolicySet for ``specs`` at one moment. ``temporary``: (name, policy or "*") of
     every temporary allow in force. Raises InputError for an unknown category."""
@@ -221,4 +229,4 @@ def compile_policies(matcher: DomainMatcher, local_block: Iterable[str], local_a
     for sp in specs:
         rules[sp.name] = PolicyRule(sp.name, sp.block, full.policy_mask(catalog.mask(sp.block)), sp.answers,
                                     sp.safesearch.wire_rewrites(), allowed[sp.name], divert_masks[sp.name])
-    return full, PolicySet(rules, networks)
+    return CompiledPolicies(full, PolicySet(rules, networks))

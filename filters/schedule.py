@@ -28,9 +28,9 @@ tables only when the result changes, so answering a query costs nothing for sche
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone, tzinfo
-from typing import Iterable, Mapping
+from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from filters.errors import InputError
@@ -148,7 +148,7 @@ def load_zone(name: object) -> tzinfo:
     except (ZoneInfoNotFoundError, ValueError) as exc:
         # UTC needs no database: a system without tzdata (a minimal image) still runs the default.
         if name in _UTC_NAMES:
-            return timezone.utc
+            return UTC
         raise InputError(f"unknown time zone {name!r} (an IANA name such as Europe/Paris)") from exc
 
 
@@ -168,7 +168,7 @@ def effective_blocks(policies: Mapping[str, tuple[Iterable[str], Iterable[Schedu
     the policy's own plus those of every schedule entry on. Sorted, without duplicates, so
     that equal results compare equal."""
     if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+        now = now.replace(tzinfo=UTC)
     local = now.astimezone(zone)
     out = {}
     for name, (block, entries) in policies.items():

@@ -37,7 +37,7 @@ ENABLED_UNITS = {
 # the firmware picks by board (upstream_kernel=1).
 PI_FIRMWARE = ["start4.elf", "fixup4.dat"]
 PI_DTBS = ["bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4-io.dtb"]
-# The targets: <= 1 GB as flashed (fits the smallest cards sold), <= 400 MB to
+# Targets: <= 1 GB as flashed (fits the smallest cards sold), <= 400 MB to
 # download (the .img.xz next to the image, when it was made).
 MAX_IMAGE_BYTES = 1000 ** 3
 MAX_COMPRESSED_BYTES = 400 * 1000 ** 2
@@ -174,16 +174,20 @@ def check_image(path: Path, arch: str) -> Report:
         r.check("UEFI removable-media loader EFI/BOOT/BOOTX64.EFI", any(f.endswith("bootx64.efi") for f in efi))
         entry = img.fat_read("loader/entries/schoolgate.conf").decode(errors="replace")
         r.check("loader entry: root by PARTUUID, read-only",
-                f"root=PARTUUID={disk_id}-02" in entry.split() and " ro " in f" {entry} ", entry.strip().splitlines()[-1])
+                f"root=PARTUUID={disk_id}-02" in entry.split() and " ro " in f" {entry} ",
+                entry.strip().splitlines()[-1])
 
     fstab = img.ext_read(2, "/etc/fstab")
-    r.check("fstab: root read-only", re.search(rf"^PARTUUID={disk_id}-02\s+/\s+ext4\s+ro\b", fstab, re.M) is not None)
-    r.check("fstab: data partition on /var", re.search(rf"^PARTUUID={disk_id}-03\s+/var\s+ext4\s+rw", fstab, re.M) is not None)
-    r.check("fstab: boot partition", re.search(rf"^PARTUUID={disk_id}-01\s+/boot/firmware\s+vfat", fstab, re.M) is not None)
+    r.check("fstab: root read-only",
+            re.search(rf"^PARTUUID={disk_id}-02\s+/\s+ext4\s+ro\b", fstab, re.M) is not None)
+    r.check("fstab: data partition on /var",
+            re.search(rf"^PARTUUID={disk_id}-03\s+/var\s+ext4\s+rw", fstab, re.M) is not None)
+    r.check("fstab: boot partition",
+            re.search(rf"^PARTUUID={disk_id}-01\s+/boot/firmware\s+vfat", fstab, re.M) is not None)
     r.check("fstab: /tmp on tmpfs", re.search(r"^tmpfs\s+/tmp\s+tmpfs", fstab, re.M) is not None)
     kvers = img.ext_ls(2, "/usr/lib/modules")
-    r.check("kernel modules installed", len(kvers) == 1 and "modules.dep" in img.ext_ls(2, f"/usr/lib/modules/{kvers[0]}"),
-            ", ".join(kvers))
+    r.check("kernel modules installed",
+            len(kvers) == 1 and "modules.dep" in img.ext_ls(2, f"/usr/lib/modules/{kvers[0]}"), ", ".join(kvers))
     py = img.ext_link(2, "/opt/schoolgate/venv/bin/python") or ""
     target = "/usr/bin/python3.11" if py.startswith(("python3", "/usr/bin/python3")) else py
     if not target.startswith("/"):
@@ -211,9 +215,12 @@ def check_image(path: Path, arch: str) -> Report:
     epoch = img.ext_cmd(2, "stat /usr/lib/clock-epoch")
     r.check("clock floor /usr/lib/clock-epoch", "Inode:" in epoch and "File not found" not in epoch)
     r.check("nftables base ruleset", "table inet schoolgate_base {" in img.ext_read(2, "/etc/nftables.conf"))
-    r.check("IP forwarding sysctl", "net.ipv4.ip_forward = 1" in img.ext_read(2, "/etc/sysctl.d/60-schoolgate-gateway.conf"))
-    r.check("journald size limits", "SystemMaxUse=" in img.ext_read(2, "/etc/systemd/journald.conf.d/60-schoolgate.conf"))
-    r.check("hardware watchdog", "RuntimeWatchdogSec=" in img.ext_read(2, "/etc/systemd/system.conf.d/60-schoolgate-watchdog.conf"))
+    r.check("IP forwarding sysctl",
+            "net.ipv4.ip_forward = 1" in img.ext_read(2, "/etc/sysctl.d/60-schoolgate-gateway.conf"))
+    r.check("journald size limits",
+            "SystemMaxUse=" in img.ext_read(2, "/etc/systemd/journald.conf.d/60-schoolgate.conf"))
+    r.check("hardware watchdog",
+            "RuntimeWatchdogSec=" in img.ext_read(2, "/etc/systemd/system.conf.d/60-schoolgate-watchdog.conf"))
     r.check("empty machine-id (one per device)", img.ext_read(2, "/etc/machine-id").strip() == "")
 
     r.check("data: demo bundle active", img.ext_link(3, "/lib/schoolgate/demo/bundles/current") is not None)

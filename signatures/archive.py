@@ -1,4 +1,4 @@
-"""A bundle as one file: the archive shipped as the TUF target (DESIGN.md §4).
+"""A bundle as one file: the archive shipped as the TUF target (docs/matching.md).
 
 **Format: a plain, uncompressed POSIX tar.** Compression would save little — the bulk of a
 bundle is 64-bit random fingerprints, which do not compress (gzip -6 saves 23 % on a 525 k
@@ -74,7 +74,7 @@ class MemberInfo:
     sparse: bool = False
 
     @classmethod
-    def from_tarinfo(cls, ti: tarfile.TarInfo) -> "MemberInfo":
+    def from_tarinfo(cls, ti: tarfile.TarInfo) -> MemberInfo:
         return cls(ti.name, ti.type, ti.size, ti.issparse())
 
 

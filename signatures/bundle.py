@@ -1,4 +1,4 @@
-"""The bundle on disk (DESIGN.md §4): a directory of ``.npy`` arrays and ``manifest.json``.
+"""The bundle on disk (docs/matching.md): a directory of ``.npy`` arrays and ``manifest.json``.
 
 Writing is atomic: everything goes to a temporary sibling directory, each file is fsynced,
 and the directory is renamed into place, so a reader sees the old bundle or the new one,
@@ -127,7 +127,8 @@ class Bundle:
             raise BundleError("class arrays disagree on the class count", Where(str(self.path)))
         if int(off[0]) != 0 or int(off[-1]) != len(ct.src_ids) or bool((off[1:] < off[:-1]).any()):
             raise BundleError("class_src_offsets is inconsistent", Where(str(self.path)))
-        if len(ct.src_ids) and int((ct.src_ids & ~np.uint32(WILDCARD_ONLY)).max()) >= len(self.manifest["source_labels"]):
+        if (len(ct.src_ids)
+                and int((ct.src_ids & ~np.uint32(WILDCARD_ONLY)).max()) >= len(self.manifest["source_labels"])):
             raise BundleError("class_src_ids names a source the manifest lacks", Where(str(self.path)))
         return ct
 
@@ -207,8 +208,8 @@ def open_bundle(path: str | Path) -> Bundle:
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"manifest is not JSON: {exc}", Where(str(mpath))) from exc
     if not isinstance(manifest, dict) or manifest.get("format") not in SUPPORTED_FORMATS:
-        raise BundleError(f"unsupported bundle format {manifest.get('format') if isinstance(manifest, dict) else None!r}",
-                          Where(str(mpath)))
+        fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        raise BundleError(f"unsupported bundle format {fmt!r}", Where(str(mpath)))
     for key in ("version", "categories", "source_labels", "files"):
         if key not in manifest:
             raise BundleError(f"manifest lacks {key!r}", Where(str(mpath)))

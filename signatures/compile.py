@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
 from filters.catalog import ALL_CATEGORIES, Catalog
-from filters.classes import ClassTable, build_classes
 from filters.cidr_table import build_cidr_table
+from filters.classes import ClassTable, build_classes
 from filters.domain_builder import DomainSetBuilder, KeySource
 from filters.domain_matcher import DomainMatcher
 from filters.errors import ConfigError, ListFormatError, Where
@@ -58,10 +57,10 @@ class CompiledBundle:
 
 
 def rfc3339(t: datetime) -> str:
-    return t.astimezone(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _read_lines(spec: SourceSpec, sha: "hashlib._Hash") -> Iterator[str]:
+def _read_lines(spec: SourceSpec, sha: hashlib._Hash) -> Iterator[str]:
     path = spec.path
     member = get_format(spec.format).member
     if member:

@@ -101,7 +101,7 @@ def generate_key(keys_dir: str | Path, role: str, passphrase: bytes | None = Non
         _write_new(out / f"{name}.pub.json", _public_json(info), 0o644)
         fsync_dir(out)
     except FileExistsError as exc:
-        raise EnvironmentFault(f"key file already exists; not overwriting it", Where(str(exc.filename or out))) from exc
+        raise EnvironmentFault("key file already exists; not overwriting it", Where(str(exc.filename or out))) from exc
     except OSError as exc:
         raise EnvironmentFault(f"cannot write key: {exc}", Where(str(out))) from exc
     return info

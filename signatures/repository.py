@@ -25,13 +25,20 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from tuf.api.metadata import (
-    Metadata, MetaFile, Root, Signed, Snapshot, TargetFile, Targets, Timestamp,
+    Metadata,
+    MetaFile,
+    Root,
+    Signed,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
 )
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
@@ -185,7 +192,7 @@ def _bump(signed: Signed, role: str, now: datetime, expiry: Mapping[str, timedel
 def _utc(now: datetime) -> datetime:
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    return now.astimezone(timezone.utc)
+    return now.astimezone(UTC)
 
 
 def init_repo(repo_dir: str | Path, keyring: Keyring, now: datetime,

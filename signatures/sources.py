@@ -1,4 +1,4 @@
-"""SOURCES.yaml: what a publisher compiles into a bundle (DESIGN.md §5).
+"""SOURCES.yaml: what a publisher compiles into a bundle (README.md "SOURCES.yaml").
 
     version: 42              # bundle version, an integer that only ever increases
     expires_days: 30
@@ -22,7 +22,6 @@ from pathlib import Path
 
 from filters.catalog import LOCAL_CATEGORY
 from filters.classes import MAX_CATEGORIES
-from filters.errors import ConfigError
 from filters.lists import FORMATS
 from signatures.yamldoc import YamlDoc, load_yaml
 

@@ -10,10 +10,10 @@ fetcher's business (``appliance/updates/fetcher.py``); the state directory is ``
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import TargetFile
@@ -97,7 +97,7 @@ def _translate(exc: Exception, what: str) -> SchoolgateError | None:
 
 @contextlib.contextmanager
 def translate_errors(what: str, fetcher: FetcherInterface | None = None) -> Iterator[None]:
-    """python-tuf's exceptions → ours, once, at this boundary (STYLE.md §2).
+    """python-tuf's exceptions → ours, once, at this boundary (docs/architecture.md, Conventions).
 
     A fetcher with a ``last_url`` attribute lets the message name the file at fault (TUF's
     own messages do not).
@@ -141,7 +141,7 @@ class TufClient:
         if trusted is None or not hasattr(trusted, "reference_time"):
             raise EnvironmentFault("this python-tuf has no Updater._trusted_set.reference_time; "
                                    "cannot inject the clock")
-        trusted.reference_time = now.astimezone(timezone.utc)
+        trusted.reference_time = now.astimezone(UTC)
 
     def check(self) -> Offer | None:
         """Refresh metadata and return the offered bundle (None if the repository has none)."""

@@ -1,6 +1,6 @@
 """YAML documents that remember where each value came from.
 
-Config and SOURCES.yaml errors must name file:line:col (DESIGN.md §5). PyYAML's composer
+Config and SOURCES.yaml errors must name file:line:col. PyYAML's composer
 keeps marks on nodes; this module builds plain Python values from the node tree and keeps a
 map from each value's path (a tuple of keys and indexes) to its position.
 """

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from signatures.bundle import write_bundle
 from signatures.compile import compile_sources
 from signatures.sources import load_sources
 
-NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 BLOCKED = "casino.test"  # listed in every test bundle (category gambling)
 ALLOWED = "example.org"  # never listed
 

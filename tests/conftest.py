@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# Real public lists (UT1, The Block List Project, StevenBlack, HaGeZi, DoH resolvers), the
+# Public Suffix List, pcaps with the names tshark finds in them, and DNS fuzz seeds: too big
+# and too mixed in licence to commit. README.md "Tests and benchmarks" describes the set.
+SHARED_DATA = Path(os.environ.get("SCHOOLGATE_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """../shared/data (real public lists, pcaps); tests using it skip when it is absent."""
+    """SHARED_DATA (real public lists, pcaps); tests using it skip when it is absent."""
     if not (SHARED_DATA / "lists").is_dir():
-        pytest.skip(f"shared test data not found at {SHARED_DATA} (see ../shared/data/README.md)")
+        pytest.skip(f"shared test data not found at {SHARED_DATA} (set SCHOOLGATE_SHARED_DATA to a copy "
+                    "of the public lists and pcaps: README.md, \"Tests and benchmarks\")")
     return SHARED_DATA
 
 

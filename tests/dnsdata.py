@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import random
 import struct
-from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from filters.names import name_to_wire
+from tests.conftest import SHARED_DATA
 
-FUZZ_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "dns-fuzz"
+FUZZ_DIR = SHARED_DATA / "dns-fuzz"
 
 
 def query(name: str, qtype: int = 1, qid: int = 0x1234, *, rd: bool = True, edns: bool = False,
@@ -24,7 +24,7 @@ def query(name: str, qtype: int = 1, qid: int = 0x1234, *, rd: bool = True, edns
 
 
 def malformed() -> dict[str, bytes]:
-    """The hostile packets named in issue 4, each with a header (so FORMERR or drop)."""
+    """Hostile packets a DNS service must survive, each with a header (so FORMERR or drop)."""
     hdr = struct.pack(">HHHHHH", 0xBEEF, 0x0100, 1, 0, 0, 0)
     return {
         "short header": b"\xbe\xef\x01\x00\x00",
@@ -43,7 +43,7 @@ def malformed() -> dict[str, bytes]:
 
 
 def fuzz_seeds() -> list[bytes]:
-    """Every seed file under ../shared/data/dns-fuzz (empty when absent)."""
+    """Every seed file under SHARED_DATA/dns-fuzz (empty when absent)."""
     if not FUZZ_DIR.is_dir():
         return []
     return [p.read_bytes() for p in sorted(FUZZ_DIR.rglob("*"))

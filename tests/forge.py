@@ -4,9 +4,9 @@ they hold, with none of the publisher's own checks. Tests only."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable
 
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, MetaFile, TargetFile

@@ -1,6 +1,6 @@
-"""Naive pure-Python references for the matchers (STYLE.md point 7).
+"""Naive pure-Python references for the matchers: every kernel is checked against one.
 
-Each reference restates one rule of DESIGN.md §3 in the most obvious way — loop over every
+Each reference restates one rule of docs/matching.md in the most obvious way — loop over every
 entry, use only the standard library — so that the numba kernels can be checked against it
 with property tests. Speed does not matter here; being evidently right does. Each section is
 self-contained: it takes plain Python values, not the compiled tables.
@@ -18,7 +18,7 @@ __all__ = ["CidrRule", "CidrAnswer", "reference_cidr_match"]
 # ---------------------------------------------------------------------------------------
 # CIDR reference
 #
-# DESIGN.md §3: an address matches every CIDR that contains it; its categories are the union
+# docs/matching.md: an address matches every CIDR that contains it; its categories are the union
 # of their masks; it is blocked when some matching CIDR's categories meet the policy and no
 # matching allow CIDR has a prefix at least as long as the longest such CIDR. The deciding
 # rule is that blocking CIDR, or the overriding allow CIDR, or none. IPv4-mapped IPv6
@@ -76,7 +76,7 @@ def reference_cidr_match(
 #    "SipHash: a fast short-input PRF", 2012) and the reference C code (veorq/SipHash), with
 #    the rounds as parameters. tests/unit/test_siphash.py pins it to the published 2-4
 #    vectors, then compares the kernels (1-3) with it at the kernels' own c and d.
-# 2. The matching rule of DESIGN.md §3, over a plain list of entries, one per (name, form,
+# 2. The matching rule of docs/matching.md, over a plain list of entries, one per (name, form,
 #    source): "name" matches the name and everything below it, "*.name" only what is
 #    below. For a canonical query q: categories = OR of the masks of every matching block
 #    entry; B = the longest matching block entry whose mask meets the policy; A = the

@@ -32,16 +32,19 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Sequence
 
 from appliance.bundles.select import DEMO_KEYS, DEMO_REPO, DEMO_ROOT, DEMO_SOURCES
 from filters.errors import InputError, SchoolgateError, Where
 from signatures._atomic import write_atomic
+from signatures.bundle import write_bundle
+from signatures.compile import compile_sources
 from signatures.keys import ROLES, Keyring, generate_keys
 from signatures.repository import TARGET_NAME, PublishResult, load_repo, publish
+from signatures.sources import load_sources
 
 __all__ = ["DEMO_EXPIRY", "build_demo", "main"]
 
@@ -58,9 +61,6 @@ def build_demo(*, now: datetime, sources: Path = DEMO_SOURCES, keys: Path = DEMO
                repo: Path = DEMO_REPO, trust: Path = DEMO_ROOT, fresh: bool = False,
                version: int | None = None) -> PublishResult:
     """Compile ``sources`` and publish it as the next demo version (see the module doc)."""
-    from signatures.bundle import write_bundle
-    from signatures.compile import compile_sources
-    from signatures.sources import load_sources
 
     spec = load_sources(sources)
     if not spec.demo:
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     try:
-        r = build_demo(now=datetime.now(timezone.utc), fresh=args.fresh, version=args.version)
+        r = build_demo(now=datetime.now(UTC), fresh=args.fresh, version=args.version)
     except SchoolgateError as exc:
         print(f"demo_bundle: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, InputError) else 1

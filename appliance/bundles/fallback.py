@@ -1,4 +1,4 @@
-"""What DNS answers while no bundle can be opened (config ``no_bundle:``, issue 4).
+"""What DNS answers while no bundle can be opened (config ``no_bundle:``).
 
 A bundle that will not open — the configured ``bundle:`` directory damaged or missing, the
 active signed bundle corrupted on the SD card, the shipped demo repository gone — must not
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from appliance.bundles.select import install_demo
 from appliance.config.load import Config
@@ -51,7 +51,7 @@ def _categories(cfg: Config) -> list[str]:
 
 def empty_bundle(cfg: Config, now: datetime | None = None) -> Bundle:
     """A bundle with the config's categories and no entries (written under the state dir)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     spec = SourcesSpec(file="<no bundle>", version=0, expires_days=3650,
                        categories=tuple(CategorySpec(c, "no bundle loaded", ()) for c in _categories(cfg)),
                        allow=())

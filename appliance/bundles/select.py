@@ -1,6 +1,6 @@
 """What the appliance falls back on: the embedded default config and the signed demo bundle.
 
-Never fail open (issue 4): when the config names no bundle and no signed bundle is active
+Never fail open: when the config names no bundle and no signed bundle is active
 in the state directory, the demo bundle shipped in ``config/demo/repo`` (a TUF repository
 signed with the public demo keys, see appliance/bundles/demo.py) is installed into
 ``<state_dir>/demo`` — a state directory of its own, through the same updater as a real
@@ -54,6 +54,7 @@ def demo_state_dir(state_dir: Path) -> Path:
 def install_demo(state_dir: Path) -> Path:
     """Install (or check, and refresh from a newer shipped copy) the demo bundle under
     ``<state_dir>/demo`` with the updater; its directory. Raises UpdateError if it cannot."""
+    # python-tuf and cryptography take ~1 s to import: only when the demo must be installed.
     from appliance.updates.updater import update_once
 
     if not DEMO_ROOT.is_file():

@@ -44,6 +44,11 @@ class Builder(Protocol):
 
     config_path: str | None
 
+    def config(self) -> Config:
+        """Load the config file again (the embedded default without one), not built; raises
+        ConfigErrors."""
+        ...
+
     def reload(self) -> Built:
         """Load the config file again and build it; raises ConfigErrors or SchoolgateError."""
         ...

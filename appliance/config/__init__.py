@@ -1,6 +1,8 @@
 """The appliance's YAML config: loaded, checked against config/schema.json, turned into values.
 
     load.py      the whole file -> Config (every error as file:line:col), UpdatesConfig
+    schema.py    config/schema.json (schema.json here links to it) run with jsonschema: keys, types,
+                 enums, ranges; errors with their key path; the values that pass, for the sections
     dns.py       dns:, networks:, policies:, local lists
     log.py       log: (query log, client privacy, retention)
     flows.py     flows: (live inspection and enforcement)

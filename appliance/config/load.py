@@ -1,4 +1,4 @@
-"""The appliance config file (DESIGN.md §5 lists the keys tests rely on).
+"""The appliance config file (its keys: config/schema.json and README.md's config sections).
 
 Every problem found is reported, each with file:line:col, in file order; a config with
 errors is refused as a whole, so the running appliance keeps its last good config.
@@ -17,14 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from appliance.config.dns import (
-    DnsConfig,
-    Network,
-    parse_dns,
-    parse_networks,
-    parse_timezone,
-    policy_extras,
-)
+from appliance.config.dns import DnsConfig, Network, parse_dns, parse_networks, parse_timezone, policy_extras
 from appliance.config.flows import FlowsConfig, parse_flows
 from appliance.config.log import LogConfig, parse_log
 from appliance.config.schema import ConfigDoc, validate

@@ -210,7 +210,8 @@ def _message(err: Any, s: dict) -> str:
     if kw in ("minimum", "maximum"):
         return _range(s)
     if kw == "minItems":
-        return "needs at least one entry" if err.validator_value == 1 else f"needs at least {err.validator_value} entries"
+        n = err.validator_value
+        return "needs at least one entry" if n == 1 else f"needs at least {n} entries"
     if kw == "maxItems":
         return f"at most {err.validator_value} entries (has {len(err.instance)})"
     if kw == "minLength":
@@ -228,7 +229,9 @@ def _range(s: dict) -> str:
         what, fmt, tail = ("a whole number" if s.get("type") == "integer" else "a number"), _number_text, ""
     if lo is not None and hi is not None:
         return f"must be {what} from {fmt(lo)} to {fmt(hi)}{tail}"
-    return f"must be {what} of at least {fmt(lo)}{tail}" if lo is not None else f"must be {what} of at most {fmt(hi)}{tail}"
+    if lo is not None:
+        return f"must be {what} of at least {fmt(lo)}{tail}"
+    return f"must be {what} of at most {fmt(hi)}{tail}" if hi is not None else f"must be {what}"
 
 
 def _number_text(v: float) -> str:

@@ -10,7 +10,6 @@ Time is a parameter: the caller passes ``now`` (monotonic seconds).
 from __future__ import annotations
 
 from collections import OrderedDict
-
 from typing import Protocol
 
 import numpy as np

@@ -23,8 +23,8 @@ import asyncio
 import logging
 import random
 import ssl
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from filters.dns_response import answers_question
 

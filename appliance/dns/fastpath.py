@@ -27,6 +27,7 @@ import logging
 import socket
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol, cast
 
 import numpy as np
@@ -187,8 +188,9 @@ def warm_up(matcher: DomainMatcher, policies: PolicySet) -> None:
     cache = ArrayCache(4, 1, seed=0)
     limiter = ArrayRateLimiter(1.0, 1.0, 2, seed=0)
     b = fp.batch
+    # fd -1: EBADF, no I/O
     _serve(-1, fp._io, b.rx, b.rxlen, b.addrs, b.tx, b.txlen, b.txsrc, b.act, b.blocked_mask, tables.tables,
-           tables.match, cache.arrays, limiter.arrays, new_counters(), b.scratch, 0.0, 1, False, fp._result)  # EBADF: no I/O
+           tables.match, cache.arrays, limiter.arrays, new_counters(), b.scratch, 0.0, 1, False, fp._result)
     _serve(-1, fp._io, b.rx, b.rxlen, b.addrs, b.tx, b.txlen, b.txsrc, b.act, b.blocked_mask, tables.tables,
            tables.match, cache.arrays, disabled_limiter(), new_counters(), b.scratch, 0.0, 1, False, fp._result)
     key = b"\x01a\x00\x00\x01\x00\x01\x00"
@@ -250,7 +252,8 @@ class FastPath:
 
         namelen = _MMsgHdr.hdr.offset + _MsgHdr.namelen.offset
         self._io = (ctypes.addressof(self._rx_hdrs), ctypes.addressof(self._tx_hdrs), hdr,
-                    view(self._rx_hdrs, np.uint32, namelen, hdr), view(self._rx_hdrs, np.uint32, _MMsgHdr.len.offset, hdr),
+                    view(self._rx_hdrs, np.uint32, namelen, hdr),
+                    view(self._rx_hdrs, np.uint32, _MMsgHdr.len.offset, hdr),
                     self._names, view(self._tx_hdrs, np.uint32, namelen, hdr),
                     view(self._tx_iovs, np.uintp, _IoVec.len.offset, ctypes.sizeof(_IoVec)), self._tx_names)
 
@@ -320,7 +323,7 @@ class FastPath:
             if res.__class__ is bytes:
                 server.send_udp(sock, res, addr)
             else:
-                server.forward(res, lambda answer, a=addr: server.send_udp(sock, answer, a))
+                server.forward(cast(Forward, res), partial(server.send_udp, sock, addr=addr))
 
 
 def _sockaddr(raw: bytes) -> tuple | None:

@@ -9,11 +9,17 @@ every RETENTION_PERIOD (once before anything serves).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from appliance.dns.pipeline import Counters
-from appliance.observe.querylog import RETENTION_PERIOD, ClientPrivacy, QueryLog, enforce_retention, ignore_file_size_signal
+from appliance.observe.querylog import (
+    RETENTION_PERIOD,
+    ClientPrivacy,
+    QueryLog,
+    enforce_retention,
+    ignore_file_size_signal,
+)
 from appliance.observe.stats import SharedStats, slots_for
 from appliance.observe.status import COUNTERS_PERIOD, seed_counters, write_counters
 

@@ -9,7 +9,8 @@ packet (hashing every suffix, ~1 µs) and reports where it ends; the header, QTY
 and OPT are read around it; then bypass names, blocked names (answer templates), the wire
 cache, and otherwise a Forward. Everything else goes to slowpath.py (dnslib).
 
-Failure policy (STYLE.md 3), all in ``handle``/``finish``:
+Failure policy (hostile input is answered or dropped, never a crash), all in
+``handle``/``finish``:
 
 - a runt (shorter than a header) or a response (QR set): dropped, no answer;
 - a header we can read but a message we cannot parse: FORMERR (RFC 1035 §4.1.1);
@@ -22,21 +23,36 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from appliance.dns.cache import AnswerCache
 from appliance.dns.ratelimit import ClientLimiter
+from appliance.dns.slowpath import canonical_query
 from appliance.observe.querylog import QueryLog
 from appliance.observe.stats import FAST_WIDTH, StatsSlot
 from filters import _domain_kernels as K
+from filters.dns_answer import (
+    TYPE_ANY,
+    badvers_response,
+    error_response,
+    minimal_any,
+    negative_answer,
+    opt_record,
+    render_cached,
+)
 from filters.dns_fast import counter_values, new_counters
-from filters.dns_answer import (TYPE_ANY, badvers_response, error_response, minimal_any,
-                                negative_answer, opt_record, render_cached)
-from filters.dns_response import (RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_REFUSED, RCODE_SERVFAIL,
-                                  Normalised, normalise_response)
+from filters.dns_response import (
+    RCODE_NOERROR,
+    RCODE_NXDOMAIN,
+    RCODE_REFUSED,
+    RCODE_SERVFAIL,
+    Normalised,
+    normalise_response,
+)
 from filters.dns_wire import HEADER_LEN, MAX_MESSAGE, MAX_UDP_PAYLOAD, MIN_UDP_PAYLOAD, Query, parse_query
 from filters.domain_matcher import DomainMatcher
 from filters.errors import PacketError, RuntPacketError
@@ -117,7 +133,8 @@ class Counters:
         self.slot = slot if slot is not None else StatsSlot.private()
         width = new_counters().shape[0]
         if width > FAST_WIDTH:  # the kernel grew past the room the slot layout reserves
-            raise ValueError(f"the fast path keeps {width} counters; appliance.observe.stats.FAST_WIDTH is {FAST_WIDTH}")
+            raise ValueError(f"the fast path keeps {width} counters; "
+                             f"appliance.observe.stats.FAST_WIDTH is {FAST_WIDTH}")
         self.fast: np.ndarray = self.slot.fast[:width]
 
     def count_blocked(self, mask: int) -> None:
@@ -309,7 +326,6 @@ class Pipeline:
         return render_cached(fwd.buf, fwd.query, norm, body, fwd.limit)
 
     def _slow(self, buf: bytes, client: str, udp: bool, q: Query | None) -> bytes | Forward | None:
-        from appliance.dns.slowpath import canonical_query
 
         self.counters.slow_path += 1
         clean = canonical_query(buf, q)  # bytes of a plain query, or an answer (bytes) / None

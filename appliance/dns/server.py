@@ -19,14 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, cast
+from typing import cast
 
 from appliance.dns.fastpath import FastPath, warm_up
 from appliance.dns.fastpath import usable as fast_usable
-from appliance.memory import release_file_pages
 from appliance.dns.pipeline import Forward, Pipeline
 from appliance.dns.upstream import UpstreamSet
+from appliance.memory import release_file_pages
 from filters.dns_answer import error_response
 from filters.dns_response import RCODE_SERVFAIL
 
@@ -48,7 +49,8 @@ MAX_TCP_QUERIES = 10_000
 _TCP_HIGH_WATER = 64 * 1024
 
 
-def open_sockets(listen: tuple[tuple[str, int], ...], reuse_port: bool = False) -> list[tuple[socket.socket, socket.socket]]:
+def open_sockets(listen: tuple[tuple[str, int], ...],
+                 reuse_port: bool = False) -> list[tuple[socket.socket, socket.socket]]:
     """Bind (udp, tcp) socket pairs for every listen address. IPv6 sockets are v6-only so
     that ``[::]:53`` and ``0.0.0.0:53`` can be listed together."""
     out = []
@@ -234,7 +236,7 @@ class DnsServer:
                         task.add_done_callback(mine.discard)
                 if writer.transport.get_write_buffer_size() > _TCP_HIGH_WATER:
                     await asyncio.wait_for(writer.drain(), self.idle_timeout)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, OSError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         finally:
             # Let forwarded answers for this connection arrive (bounded by the upstream
@@ -250,5 +252,5 @@ class DnsServer:
             await asyncio.wait(set(mine), timeout=self.upstreams.timeout * 2 + 0.5)
         try:
             await asyncio.wait_for(writer.drain(), 1.0)
-        except (asyncio.TimeoutError, ConnectionError, OSError):
+        except (TimeoutError, ConnectionError, OSError):
             pass

@@ -43,7 +43,7 @@ from appliance.bundles.served import Builder, Built, log_serving, run_record
 from appliance.child import ChildProcess
 from appliance.clock import utc_now, utc_text
 from appliance.config.load import Config, ConfigErrors
-from appliance.dns.cache import ArrayCache, WireCache
+from appliance.dns.cache import AnswerCache, ArrayCache, WireCache
 from appliance.dns.observe import Observer
 from appliance.dns.pipeline import Pipeline
 from appliance.dns.ratelimit import ArrayRateLimiter, RateLimiter
@@ -106,7 +106,7 @@ class Service:
         self.obs = Observer(stats, worker, owner, self._started)
         self._obs: asyncio.TimerHandle | None = None
 
-    def _pipeline(self, built: Built, cache: WireCache | ArrayCache) -> Pipeline:
+    def _pipeline(self, built: Built, cache: AnswerCache) -> Pipeline:
         d = built.cfg.dns
         limiter_type = ArrayRateLimiter if d.fast_path else RateLimiter  # the fast path shares its buckets
         limiter = limiter_type(d.rate_limit, d.rate_burst) if d.rate_limit > 0 else None

@@ -24,9 +24,9 @@ import random
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from appliance.dns.dot import DotConnection, tls_context
 from appliance.dns.pipeline import Forward
@@ -135,7 +135,7 @@ class UpstreamSet:
             t0 = self.clock()
             try:
                 resp = await (self._udp(u, fwd) if u.tls_name is None else self._dot(u, fwd))
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
                 resp = None  # ssl.SSLError (a certificate that does not verify) is an OSError
             if resp is not None:
                 u.fails, u.down_until = 0, 0.0

@@ -31,7 +31,6 @@ import logging
 import os
 import signal
 import time
-
 from pathlib import Path
 
 from appliance.bundles.select import resolve_bundle

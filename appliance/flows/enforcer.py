@@ -14,10 +14,17 @@ import logging
 import socket
 import subprocess
 
-from appliance.flows.sources import ETH_P_IP, ETH_P_IPV6
 from appliance.flows.inspector import Decision
-from appliance.flows.nft import (DOH_CATEGORY, Nft, RulesetSpec, category_cidrs, flow_element, policy_cidrs,
-                                 ruleset_script)
+from appliance.flows.nft import (
+    DOH_CATEGORY,
+    Nft,
+    RulesetSpec,
+    category_cidrs,
+    flow_element,
+    policy_cidrs,
+    ruleset_script,
+)
+from appliance.flows.sources import ETH_P_IP, ETH_P_IPV6
 
 __all__ = ["Enforcer"]
 
@@ -41,7 +48,7 @@ class Enforcer:
         self.installed = False
         # Imported now, not at the first block: scapy's layers take ~1 s to import, by which
         # time the connection to reset has long finished its handshake.
-        from scapy.layers.inet import IP, TCP as STCP  # noqa: F401
+        from scapy.layers.inet import IP  # noqa: F401
         from scapy.layers.inet6 import IPv6  # noqa: F401
         self.install(cfg, built)
 
@@ -68,7 +75,8 @@ class Enforcer:
 
     def _resets(self, d: Decision, hwaddr: bytes | None) -> None:
         """RST to the client (on the LAN, as if from the server) and to the server."""
-        from scapy.layers.inet import IP, TCP as STCP
+        from scapy.layers.inet import IP
+        from scapy.layers.inet import TCP as STCP
         from scapy.layers.inet6 import IPv6
 
         f = d.found

@@ -16,7 +16,7 @@ import os
 import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from appliance.bundles.served import Built
@@ -186,7 +186,7 @@ def _tcp_ack(data: bytes, version: int) -> int:
 
 
 def _rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 # -- the state file the web page reads ------------------------------------------------------------

@@ -239,7 +239,7 @@ class NflogSocket:
         for _ in range(16):  # the ACK; logged packets may already be queued before it
             try:
                 buf = self.sock.recv(_MAX_DATAGRAM)
-            except socket.timeout as exc:
+            except TimeoutError as exc:
                 raise NflogError(f"nflog group {self.group}: no answer from the kernel") from exc
             _, errors = parse(buf)
             for e in errors:
@@ -260,7 +260,7 @@ class NflogSocket:
         (ENOBUFS) is counted in ``drops`` and reading goes on."""
         try:
             buf = self.sock.recv(_MAX_DATAGRAM)
-        except socket.timeout:
+        except TimeoutError:
             return []
         except OSError as exc:
             if exc.errno == errno.ENOBUFS:
@@ -278,7 +278,7 @@ class NflogSocket:
             pass
         self.sock.close()
 
-    def __enter__(self) -> "NflogSocket":
+    def __enter__(self) -> NflogSocket:
         return self
 
     def __exit__(self, *exc) -> None:

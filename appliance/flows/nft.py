@@ -42,8 +42,8 @@ import ipaddress
 import json
 import shutil
 import subprocess
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from filters.errors import EnvironmentFault
 
@@ -200,7 +200,7 @@ def ruleset_script(spec: RulesetSpec) -> str:
 
 def category_cidrs(cidr_matcher, mask: int) -> tuple[list[ipaddress.IPv4Network], list[ipaddress.IPv6Network]]:
     """(v4, v6) CIDRs the bundle blocks under a category ``mask``: every entry whose
-    categories meet it minus the allow entries inside it (DESIGN.md §3: an allow at least as
+    categories meet it minus the allow entries inside it (docs/matching.md: an allow at least as
     specific as the block wins), collapsed. Exact: an address is blocked iff some blocking
     entry contains it and no allow entry inside that entry does."""
     t, classes = cidr_matcher.table, cidr_matcher.classes

@@ -17,8 +17,8 @@ from typing import Protocol
 
 from appliance.flows.nflog import NflogSocket
 
-__all__ = ["PacketSource", "CAPTURE_BPF", "CAPTURE_NFLOG", "RCVBUF", "RECV_TIMEOUT", "ETH_P_IP", "ETH_P_IPV6", "selection_filter",
-           "compile_bpf", "attach_bpf", "open_capture", "BpfSource", "NflogSource", "ReplaySource"]
+__all__ = ["PacketSource", "CAPTURE_BPF", "CAPTURE_NFLOG", "RCVBUF", "RECV_TIMEOUT", "ETH_P_IP", "ETH_P_IPV6",
+           "selection_filter", "compile_bpf", "attach_bpf", "open_capture", "BpfSource", "NflogSource", "ReplaySource"]
 
 CAPTURE_BPF, CAPTURE_NFLOG = "bpf", "nflog"
 RECV_TIMEOUT = 0.2  # seconds: how long one recv waits (bounds the reaction to signals)
@@ -151,7 +151,7 @@ class BpfSource:
         nothing came within the timeout."""
         try:
             data, addr = self.sock.recvfrom(65535)
-        except socket.timeout:
+        except TimeoutError:
             return None
         except OSError as exc:
             if exc.errno in (errno.EINTR, errno.EAGAIN):

@@ -38,10 +38,10 @@ import re
 import secrets
 import signal
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -95,7 +95,7 @@ def _day(ts: float) -> str:
     global _last_day
     n = int(ts // 86400)
     if n != _last_day[0]:
-        _last_day = (n, datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d"))
+        _last_day = (n, datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d"))
     return _last_day[1]
 
 
@@ -104,7 +104,7 @@ def _stamp(ts: float) -> str:
     global _last_second
     sec = int(ts // 1)
     if sec != _last_second[0]:
-        _last_second = (sec, datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+        _last_second = (sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
     return f"{_last_second[1]}.{int((ts - sec) * 1000):03d}Z"
 
 
@@ -381,7 +381,7 @@ def enforce_retention(state_dir: str | Path, days: int, now: float | None = None
     """Delete query log files older than ``days`` days (today counts as one) and every
     client key but today's. Returns what was deleted; errors are logged, never raised."""
     now = time.time() if now is None else now
-    today = datetime.fromtimestamp(now, timezone.utc).date()
+    today = datetime.fromtimestamp(now, UTC).date()
     oldest_kept = (today - timedelta(days=max(days, 1) - 1)).isoformat()
     deleted = []
     d = log_dir(state_dir)

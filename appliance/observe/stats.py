@@ -36,8 +36,9 @@ from __future__ import annotations
 import hashlib
 import mmap
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -122,7 +123,7 @@ def _text(b: bytes) -> str:
 
 
 def _rfc3339(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _no_client(_address: str | None) -> str | None:
@@ -150,7 +151,7 @@ class StatsSlot:
         self.clock = clock
 
     @classmethod
-    def private(cls) -> "StatsSlot":
+    def private(cls) -> StatsSlot:
         """A slot nobody else sees (a pipeline built without shared stats: tests, tools)."""
         return cls(np.zeros(SLOT_BYTES, dtype=np.uint8), 0)
 
@@ -295,7 +296,7 @@ class SharedStats:
 
     @classmethod
     def create(cls, slots: int, privacy: Callable[[str | None], str | None] | None = None,
-               clock: Callable[[], float] = time.time) -> "SharedStats":
+               clock: Callable[[], float] = time.time) -> SharedStats:
         """Map the shared pages (call before fork). ``slots``: writers, see slots_for()."""
         if slots < 1:
             raise ValueError("shared stats need at least one slot")
@@ -325,7 +326,9 @@ class SharedStats:
         return total
 
     def totals(self, category_names: Callable[[int], list[str]]) -> dict:
-        """Sums over every slot (see the contract in the helper brief; a superset)."""
+        """Sums over every slot."""
+        # numba's import (~0.5 s) only where counters are summed: `schoolgate status` and the
+        # web page read this module without ever needing the kernels otherwise.
         from filters.dns_fast import counter_values
 
         t = self._sum()
@@ -384,7 +387,7 @@ class SharedStats:
             found.extend(ev[ok].tolist())
         found.sort(key=lambda r: (r[1], r[0]), reverse=True)
         out = []
-        for seq, ts, mask, kind, action, name, policy, client, _ in found[:max(limit, 0)]:
+        for _seq, ts, mask, kind, action, name, policy, client, _ in found[:max(limit, 0)]:
             names = self.category_names
             out.append({"ts": _rfc3339(ts), "kind": KINDS[kind] if kind < len(KINDS) else "dns",
                         "name": _text(name), "mask": int(mask),

@@ -4,8 +4,8 @@ Read-only, from files a running appliance and the updater keep current: ``run.js
 running appliance's pid and the bundle it serves, see appliance/dns/service.py),
 ``update-state.json`` (last check, result, error, next check; appliance/updates/updater.py), and the
 manifest of the bundle the state selects (``bundles/current``, else the demo). So it works
-whether or not the appliance runs, and needs no socket. (The web page, a later issue, shows
-the same record.)
+whether or not the appliance runs, and needs no socket. (The web page shows
+the same record: appliance/web/data.py.)
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ import json
 import logging
 import os
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
+from appliance.bundles.select import demo_state_dir, resolve_bundle
 from appliance.clock import utc_text
 from appliance.config.load import Config
-from appliance.bundles.select import demo_state_dir, resolve_bundle
-from appliance.updates.state import pid_alive, read_run_state, read_update_state
 from appliance.observe.stats import SLOT_OWNER, SharedStats
-from signatures._atomic import write_atomic
+from appliance.updates.state import pid_alive, read_run_state, read_update_state
 from filters.errors import SchoolgateError
+from signatures._atomic import write_atomic
 from signatures.bundle import open_bundle
 
 log = logging.getLogger("schoolgate")
@@ -111,7 +111,7 @@ def _log_degraded(lg: dict, rec: dict) -> str | None:
         at = time.time()
     if at - ts > 60:
         return None
-    when = datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    when = datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
     return f"{errno.errorcode.get(err, str(err))} ({os.strerror(err)}) at {when}; filtering continues"
 
 
@@ -182,13 +182,17 @@ def _config_check(cfg: Config) -> dict | None:
             "summary": rec.get("summary"), "errors": [str(e) for e in errors]}
 
 
+# How the running bundle was chosen (run.json's bundle.how), as `schoolgate status` says it.
+_HOW_TEXT = {"configured": "the config's bundle", "active": "the active signed bundle",
+             "unfiltered": "NO BUNDLE OPENS: FORWARDING UNFILTERED (no_bundle: forward)",
+             "refusing": "NO BUNDLE OPENS: REFUSING EVERY QUERY (no_bundle: refuse)"}
+
+
 def _bundle_line(b: dict) -> str:
     if "error" in b:
         return f"{b['path']}: cannot be opened: {b['error']}"
     how = b.get("how")
-    what = {"configured": "the config's bundle", "active": "the active signed bundle",
-            "unfiltered": "NO BUNDLE OPENS: FORWARDING UNFILTERED (no_bundle: forward)",
-            "refusing": "NO BUNDLE OPENS: REFUSING EVERY QUERY (no_bundle: refuse)"}.get(how, how) if isinstance(how, str) else how
+    what = _HOW_TEXT.get(how, how) if isinstance(how, str) else how
     line = f"version {b.get('version')} ({what})"
     if b.get("demo"):
         line = (f"version {b.get('version')}, the DEMO bundle (excerpts of public lists signed with "

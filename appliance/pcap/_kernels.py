@@ -32,8 +32,10 @@ _S_BIG, _S_NIF, _S_IF0, _IFW = 0, 1, 2, 3
 @njit(cache=True, inline="always")
 def _u32(buf, p, big):
     if big:
-        return (np.uint32(buf[p]) << 24) | (np.uint32(buf[p + 1]) << 16) | (np.uint32(buf[p + 2]) << 8) | np.uint32(buf[p + 3])
-    return (np.uint32(buf[p + 3]) << 24) | (np.uint32(buf[p + 2]) << 16) | (np.uint32(buf[p + 1]) << 8) | np.uint32(buf[p])
+        return ((np.uint32(buf[p]) << 24) | (np.uint32(buf[p + 1]) << 16) | (np.uint32(buf[p + 2]) << 8)
+                | np.uint32(buf[p + 3]))
+    return ((np.uint32(buf[p + 3]) << 24) | (np.uint32(buf[p + 2]) << 16) | (np.uint32(buf[p + 1]) << 8)
+            | np.uint32(buf[p]))
 
 
 @njit(cache=True, inline="always")

@@ -19,12 +19,15 @@ import ipaddress
 import json
 import time
 from collections import Counter
-from datetime import datetime, timezone
-from typing import Iterator, TextIO
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import TextIO
 
 import numpy as np
 
+from appliance.pcap import _kernels as PK
 from appliance.pcap.reader import CaptureFile, pcapng_tick
+from filters import _select_kernels as SK
 from filters.flow_table import FlowTable, Found
 from filters.packet import Packet
 from filters.verdicts import Verdicts
@@ -47,8 +50,6 @@ def _selected(cap: CaptureFile, stats: Counter) -> Iterator[tuple[list, list, li
     """Per kernel call, the frames that can reveal a name: their timestamps, offsets,
     captured lengths, link types and ``fields`` rows (filters/_select_kernels.py), and the
     DNS names the kernel read; ``stats`` gets the frame count and what was dropped."""
-    from appliance.pcap import _kernels as PK
-    from filters import _select_kernels as SK
 
     buf = np.frombuffer(cap.buffer, dtype=np.uint8) if len(cap.buffer) else np.zeros(0, np.uint8)
     off = np.zeros(CHUNK, np.int64)
@@ -183,7 +184,7 @@ def _iso(ts: float) -> str:
     if head is None:
         if len(_second_memo) >= _MEMO_MAX:
             _second_memo.clear()
-        head = _second_memo[sec] = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        head = _second_memo[sec] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{head}.{frac:06d}Z"
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import mmap
 import struct
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from filters.errors import CaptureFileError, Where
 
@@ -69,7 +69,7 @@ class CaptureFile:
             self.close()
             raise CaptureFileError("not a pcap or pcapng file" if head else "empty file", Where(str(path)))
 
-    def __enter__(self) -> "CaptureFile":
+    def __enter__(self) -> CaptureFile:
         return self
 
     def __exit__(self, *exc: object) -> None:

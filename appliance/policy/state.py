@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable
 
 from appliance.clock import utc_now
-from appliance.policy import temporary_allow
-from appliance.config.load import Config
 from appliance.config.dns import DEFAULT_POLICY
+from appliance.config.load import Config
+from appliance.policy import temporary_allow
 from filters.catalog import ALL_CATEGORIES, Catalog
 from filters.dns_answer import BlockAnswers
 from filters.domain_matcher import DomainMatcher
-from filters.policy import NetworkTable, PolicySet, PolicySpec, blocked_categories, compile_policies
+from filters.policy import CompiledPolicies, NetworkTable, PolicySpec, blocked_categories, compile_policies
 from filters.schedule import effective_blocks, load_zone
 
 __all__ = ["PolicyState"]
@@ -79,7 +79,7 @@ class PolicyState:
         return tuple(sorted(blocks.items())), self._temporary(now)
 
     # -- building --------------------------------------------------------------------------
-    def build(self, now: datetime | None = None) -> tuple[DomainMatcher, PolicySet]:
+    def build(self, now: datetime | None = None) -> CompiledPolicies:
         """The matcher and PolicySet in force at ``now`` (default: the clock)."""
         now = self.clock() if now is None else now
         key = self.state_key(now)
@@ -87,7 +87,7 @@ class PolicyState:
         self.key = key
         return out
 
-    def _build(self, key: tuple) -> tuple[DomainMatcher, PolicySet]:
+    def _build(self, key: tuple) -> CompiledPolicies:
         blocks, temporary = dict(key[0]), key[1]
         d = self.cfg.dns
         specs = [PolicySpec(p.name, blocks[p.name], self._answers[p.name], p.safesearch, p.allow_doh)
@@ -103,9 +103,9 @@ class PolicyState:
                 rule.name, rule.categories, matcher.policy_mask(ALL_CATEGORIES), rule.answers, rule.safesearch,
                 rule.temp_allowed, rule.divert)
         self.rebuilds += 1
-        return matcher, policies
+        return CompiledPolicies(matcher, policies)
 
-    def refresh(self, now: datetime | None = None) -> tuple[DomainMatcher, PolicySet] | None:
+    def refresh(self, now: datetime | None = None) -> CompiledPolicies | None:
         """A new (matcher, PolicySet) when what is in force changed since the last build,
         else None."""
         now = self.clock() if now is None else now

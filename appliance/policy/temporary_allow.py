@@ -8,7 +8,7 @@ other's entries. Readers never lock: they see the old file or the new one.
       "until": "2024-05-01T12:00:00Z", "by": "admin", "created": "2024-05-01T11:00:00Z"}]}
 
 Semantics: an entry allows the name and every name below it (as a local allow entry does,
-DESIGN.md §3) under its policy — ``"*"`` meaning every policy — from when it is written
+docs/matching.md) under its policy — ``"*"`` meaning every policy — from when it is written
 until ``until``. Every DNS serving process looks at the file each WATCH_PERIOD (0.5 s; a
 stat, and a read only when it changed) and rebuilds its policy tables when the set of
 active entries changes, including when one expires (appliance/policy/state.py).
@@ -21,7 +21,7 @@ import fcntl
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from filters.errors import EnvironmentFault, InputError, Where
@@ -55,8 +55,8 @@ class TemporaryAllow:
 def _utc(t: datetime) -> datetime:
     """Aware UTC, whole seconds; naive datetimes are taken as UTC."""
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.astimezone(timezone.utc).replace(microsecond=0)
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).replace(microsecond=0)
 
 
 def _text(t: datetime) -> str:

@@ -20,8 +20,9 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 from urllib.parse import unquote, urlsplit
 
 from tuf.api import exceptions as tuf_exc
@@ -109,7 +110,7 @@ class HttpFetcher(FetcherInterface):
                 "User-Agent": self.user_agent, "Accept-Encoding": "identity"})
             sock.settimeout(self._timeout(url))
             resp = conn.getresponse()
-        except (TimeoutError, socket.timeout) as exc:
+        except TimeoutError as exc:
             self._close(dog, conn)
             raise tuf_exc.SlowRetrievalError(f"no answer from {parts.netloc} in time") from exc
         except (OSError, http.client.HTTPException) as exc:
@@ -145,11 +146,12 @@ class HttpFetcher(FetcherInterface):
                 try:
                     sock.settimeout(self._timeout(url))
                     chunk = resp.read1(READ_CHUNK)
-                except (TimeoutError, socket.timeout, OSError, http.client.HTTPException) as exc:
+                except (TimeoutError, OSError, http.client.HTTPException) as exc:
                     if dog.fired or self.clock() >= self.deadline:
                         raise tuf_exc.SlowRetrievalError(f"the update's deadline passed after {got:,} bytes") from exc
                     if isinstance(exc, (TimeoutError, socket.timeout)):
-                        raise tuf_exc.SlowRetrievalError(f"no data for {self.gap_timeout:g} s after {got:,} bytes") from exc
+                        raise tuf_exc.SlowRetrievalError(
+                            f"no data for {self.gap_timeout:g} s after {got:,} bytes") from exc
                     raise tuf_exc.DownloadError(f"connection failed: {exc}") from exc
                 if dog.fired:  # a shut-down socket reads as a clean end: it is not one
                     raise tuf_exc.SlowRetrievalError(f"the update's deadline passed after {got:,} bytes")

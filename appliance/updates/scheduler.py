@@ -27,9 +27,10 @@ import random
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from appliance.config.load import UpdatesConfig
 from appliance.updates.state import JITTER, STATE_FILE, read_update_state
@@ -44,7 +45,7 @@ _STOP_GRACE = 2.0
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _recorded_delay(record: dict, now: datetime, interval: float) -> float | None:

@@ -1,4 +1,4 @@
-"""The state directory's layout and its atomic pointer (DESIGN.md §6).
+"""The state directory's layout and its atomic pointer.
 
     STATE/update-state.json          active version, last check/result/error, next check
     STATE/run.json                   written by a running `schoolgate run`: pid, bundle served
@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import TypeGuard
 
 from filters.errors import EnvironmentFault, Where
 from signatures._atomic import fsync_dir, write_atomic
@@ -143,7 +144,7 @@ def clear_run_state(state_dir: str | Path, pid: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def pid_alive(pid: object) -> bool:
+def pid_alive(pid: object) -> TypeGuard[int]:
     """Is ``pid`` a running schoolgate? (A pid left by a killed run may have been reused by
     an unrelated process: its command line must name us.)"""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:

@@ -20,18 +20,26 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 from tuf.ngclient.fetcher import FetcherInterface
 
 from appliance.config.load import UpdatesConfig
 from appliance.updates.fetcher import HttpFetcher
 from appliance.updates.state import (
-    BUNDLES, JITTER, STATE_FILE, active_bundle_dir, bundle_dir_name, list_bundles, parse_bundle_dir_name, read_update_state,
-    set_current, write_update_state,
+    BUNDLES,
+    JITTER,
+    STATE_FILE,
+    active_bundle_dir,
+    bundle_dir_name,
+    list_bundles,
+    parse_bundle_dir_name,
+    read_update_state,
+    set_current,
+    write_update_state,
 )
 from filters.errors import BundleError, EnvironmentFault, InputError, SchoolgateError, UpdateError, Where
 from signatures._atomic import fsync_dir
@@ -65,7 +73,7 @@ class _Lock:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "update.lock"
 
-    def __enter__(self) -> "_Lock":
+    def __enter__(self) -> _Lock:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -189,7 +197,7 @@ def update_once(state_dir: str | Path, cfg: UpdatesConfig, *, now: datetime | No
     update holds the lock (UpdateError).
     """
     state = Path(state_dir)
-    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    now = (now or datetime.now(UTC)).astimezone(UTC)
     try:
         state.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

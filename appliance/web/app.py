@@ -22,10 +22,10 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
 from appliance.bundles.select import resolve_bundle
@@ -39,7 +39,8 @@ from appliance.web.audit import MAX_REASON, UnblockStore, audit, read_audit
 from appliance.web.auth import LoginThrottle, SessionStore, csrf_ok, verify_password
 from appliance.web.data import collect
 from appliance.web.http import HttpError, Request, Response
-from appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, render_metrics
+from appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE
+from appliance.web.metrics import render_metrics
 from filters.errors import BadNameError, InputError, SchoolgateError
 from filters.names import normalise_domain
 
@@ -59,7 +60,7 @@ _FLASH = {"update": "Update check requested.", "allow": "Temporary allow added."
 
 
 def _utc(now: datetime) -> str:
-    return now.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return now.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _json(data: object, status: int = 200) -> Response:
@@ -84,7 +85,7 @@ class WebApp:
     builder: Builder | None  # None: the bundle is not followed and reload() does nothing
     stats: SharedStats | None = None
     built: Built | None = None
-    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     mono: Callable[[], float] = time.monotonic
     root: Path = Path("/")
     sessions: SessionStore = field(default_factory=SessionStore)
@@ -357,7 +358,8 @@ class WebApp:
             seconds = pages.PERMANENT_S if decision == "permanent" else pages.DURATIONS.get(form.get("duration", ""))
             if seconds is None:
                 raise HttpError(400, f"duration must be one of {', '.join(pages.DURATIONS)}")
-            policy = r.get("policy") if r.get("policy") in self._policy_names() else "*"
+            asked = r.get("policy")
+            policy = asked if isinstance(asked, str) and asked in self._policy_names() else "*"
             done = self._allow_now(req, r["name"], policy, seconds, f"unblock request {r['id']}")
             store.decide(now, r["id"], f"allowed ({decision})", ADMIN_USER, done["until"])
             self._audit(req, "unblock-approve", name=r["name"], request=r["id"], kind=decision)

@@ -26,8 +26,7 @@ import secrets
 from collections import deque
 from dataclasses import dataclass, field
 
-from appliance.config.passwords import (MIN_N, PasswordHashError, hash_password, parse_password_hash,
-                                        verify_password)
+from appliance.config.passwords import MIN_N, PasswordHashError, hash_password, parse_password_hash, verify_password
 
 __all__ = ["PasswordHashError", "hash_password", "parse_password_hash", "verify_password", "MIN_N",
            "Session", "SessionStore", "LoginThrottle", "csrf_ok", "SESSION_IDLE", "SESSION_MAX",

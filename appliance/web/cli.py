@@ -13,13 +13,13 @@ import json
 import sys
 from typing import TextIO
 
+from appliance.config.passwords import MIN_N, PasswordHashError, hash_password
 from filters.errors import InputError
 
 __all__ = ["add_parser", "cmd_hash_password"]
 
 
 def cmd_hash_password(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from appliance.config.passwords import MIN_N, PasswordHashError, hash_password
 
     stdin = getattr(args, "stdin_stream", None) or sys.stdin
     if args.stdin or not stdin.isatty():

@@ -51,7 +51,7 @@ def layout(title: str, body: str) -> bytes:
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
             f"<title>{e(title)}</title><link rel=\"stylesheet\" href=\"/style.css\"></head>"
-            f"<body>{body}</body></html>").encode("utf-8")
+            f"<body>{body}</body></html>").encode()
 
 
 def _ago(seconds: int | None) -> str:
@@ -99,7 +99,7 @@ def _health(rec: dict) -> str:
     else:
         mode = e(fl.get("mode") or "?")
         cap = (f'<span class="ok">{mode}</span> on {e(fl.get("interface"))}' if fl.get("running")
-               else f'<span class="warn">stopped</span>' if fl.get("enabled") else "disabled")
+               else '<span class="warn">stopped</span>' if fl.get("enabled") else "disabled")
         if fl.get("capture"):
             cap += f" via {e(fl['capture'])}"
             if fl["capture"] == "bpf":
@@ -250,8 +250,8 @@ def _admin(admin: dict, rec: dict) -> str:
 
 def status_page(rec: dict, now: datetime, admin: dict | None, flash: str | None, login_enabled: bool) -> bytes:
     b = rec.get("bundle") or {}
-    head = (f"<h1>schoolgate status</h1><nav><a href=\"/\">Refresh</a><a href=\"/api/status\">JSON</a>"
-            f"<a href=\"/metrics\">Metrics</a>"
+    head = ("<h1>schoolgate status</h1><nav><a href=\"/\">Refresh</a><a href=\"/api/status\">JSON</a>"
+            "<a href=\"/metrics\">Metrics</a>"
             + ("" if admin or not login_enabled else "<a href=\"/login\">Admin login</a>") + "</nav>")
     if b.get("demo"):
         head += "<p class=\"demo\">Serving the DEMO bundle — not for real filtering.</p>"

@@ -25,7 +25,7 @@ import os
 import signal
 import socket
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from appliance.bundles.served import Builder, Built
 from appliance.child import die_with_parent, reap, signal_child, stop_child
@@ -76,15 +76,15 @@ async def serve(app: WebApp, cfg: Config, parent: int | None = None, ready: asyn
         bp = WebServer(app.blockpage)
         await bp.start(bind(*hp))
         servers.append(bp)
-    log.info("web ready", extra={"web_listen": "%s:%d" % cfg.web.listen,
-                                 "blockpage_listen": ["%s:%d" % hp for hp in cfg.web.blockpage_listen],
+    log.info("web ready", extra={"web_listen": "{}:{}".format(*cfg.web.listen),
+                                 "blockpage_listen": [f"{h}:{p}" for h, p in cfg.web.blockpage_listen],
                                  "admin_login": bool(cfg.web.admin_password_hash)})
     if ready is not None:
         ready.set()
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), 1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if parent is not None and os.getppid() != parent:
                 log.warning("web: the appliance is gone; stopping")
                 break
@@ -109,7 +109,7 @@ def _child(builder: Builder, built: Built, stats: SharedStats | None, parent: in
         return asyncio.run(serve(app, cfg, parent))
     except OSError as exc:
         log.error("web: cannot listen: %s (the page is off; DNS keeps serving; retrying)", exc,
-                  extra={"web_listen": "%s:%d" % cfg.web.listen})
+                  extra={"web_listen": "{}:{}".format(*cfg.web.listen)})
         return 1
 
 

@@ -76,7 +76,7 @@ def _without_bom(lines: Iterable[str]) -> Iterator[str]:
 
 
 def parse_domain_lines(lines: Iterable[str], origin: str) -> ParsedList:
-    """The "domains" rule: one name, ``*.name`` or IP address per line (DESIGN.md §3, §5)."""
+    """The "domains" rule: one name, ``*.name`` or IP address per line (docs/matching.md)."""
     result = ParsedList(origin)
     block = result.block
     block_sub = result.block_subdomains

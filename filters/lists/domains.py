@@ -1,6 +1,6 @@
 """The "domains" format: one name per line, as UT1, SquidGuard and most DNS blocklists ship.
 
-Each name is a domain entry (the name and everything below it, DESIGN.md §3); ``*.name``
+Each name is a domain entry (the name and everything below it, docs/matching.md); ``*.name``
 matches only below the name and a leading ``.`` is ignored. ``#`` starts a comment, at the
 start of a line or after whitespace. A line holding an IP address becomes a host route in
 ``networks``: UT1 lists sites reached by address that way.

@@ -1,7 +1,7 @@
 """The "hosts" format: ``ADDRESS NAME [NAME...]`` lines, as StevenBlack and many ad lists ship.
 
 Names are read as domain entries (the name and everything below it): that is how UT1,
-SquidGuard and AdGuard treat them, and the safer reading for children (DESIGN.md §3). The
+SquidGuard and AdGuard treat them, and the safer reading for children (docs/matching.md). The
 address is only syntax here: a blocklist's 0.0.0.0 or 127.0.0.1 is a sinkhole, and we
 answer blocked names our own way. A line without an address is read as names, because
 trimmed hosts files (StevenBlack "hosts0") drop the 0.0.0.0 column.

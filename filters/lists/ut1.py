@@ -8,7 +8,7 @@ in SOURCES.yaml, not taken from ``usage``: the publisher decides what a category
 
 The ``urls`` file is deliberately not read: its rules are host+path prefixes
 ("example.com/ads"), which only an HTTP path matcher can enforce. Reading them as domain
-entries would block whole sites that the list meant to block in part (a later issue).
+entries would block whole sites that the list meant to block in part.
 """
 
 from __future__ import annotations

@@ -24,9 +24,11 @@ from filters.dns_wire import parse_query  # noqa: E402
 from filters.names import name_to_wire  # noqa: E402
 from tests.bundles import make_bundle  # noqa: E402
 from tests.dnsservers import Proc, free_port, need_tools, start_dnsmasq, start_schoolgate  # noqa: E402
+from tests.wait import DEADLINE  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SERVER_NAME = "dns.schoolgate.test"
+UPSTREAM_TIMEOUT = 30.0  # s: the upstreams' answers are awaited, however loaded the machine
 
 
 def make_certs(d: Path) -> tuple[Path, Path, Path]:
@@ -98,7 +100,7 @@ remote-control:
     import socket
     import time
 
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:  # TCP accepting = ready (its TLS we test below)
         if p.p.poll() is not None:
             raise RuntimeError(p.text())
@@ -106,7 +108,7 @@ remote-control:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return p
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.05)
     raise RuntimeError("unbound did not start:\n" + p.text())
 
 
@@ -133,7 +135,7 @@ def run(coro):
 
 def test_queries_share_one_verified_connection(unbound) -> None:
     async def go():
-        ups = UpstreamSet((("127.0.0.1", unbound["port"], SERVER_NAME),), 3.0, tls_ca=unbound["ca"])
+        ups = UpstreamSet((("127.0.0.1", unbound["port"], SERVER_NAME),), UPSTREAM_TIMEOUT, tls_ca=unbound["ca"])
         counters = Counters()
         ups.slot = counters.slot
         try:
@@ -156,12 +158,16 @@ def test_queries_share_one_verified_connection(unbound) -> None:
 
 def test_a_reconnect_after_the_server_closed_the_connection(unbound) -> None:
     async def go():
-        ups = UpstreamSet((("127.0.0.1", unbound["port"], SERVER_NAME),), 3.0, tls_ca=unbound["ca"])
+        ups = UpstreamSet((("127.0.0.1", unbound["port"], SERVER_NAME),), UPSTREAM_TIMEOUT, tls_ca=unbound["ca"])
         try:
             first = await ups.resolve(forward("www.dot.test"))
             c = ups.upstreams[0].dot
             c._writer.transport.abort()  # as if the server had dropped it while idle
-            await asyncio.sleep(0.05)
+            deadline = asyncio.get_running_loop().time() + DEADLINE
+            while c._writer is not None:  # until its reader has seen the connection go
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AssertionError("the aborted connection was never noticed")
+                await asyncio.sleep(0.01)
             second = await ups.resolve(forward("www.dot.test"))
             return first, second, c.connects
         finally:
@@ -177,7 +183,8 @@ def test_wrong_name_or_unknown_ca_is_refused_and_plain_takes_over(unbound, tmp_p
     plain = start_dnsmasq(tmp_path, up)
 
     async def go(ca):
-        ups = UpstreamSet((("127.0.0.1", unbound["port"], "other.example"), ("127.0.0.1", up)), 2.0, tls_ca=ca)
+        ups = UpstreamSet((("127.0.0.1", unbound["port"], "other.example"), ("127.0.0.1", up)), UPSTREAM_TIMEOUT,
+                          tls_ca=ca)
         try:
             ans = await ups.resolve(forward("allowed.test"))
             return ans, [u.errors for u in ups.upstreams]

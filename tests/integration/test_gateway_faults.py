@@ -1,4 +1,4 @@
-"""Issue 8 faults on the gateway test bed (tests/integration/testbed.py): the appliance must
+"""Reliability faults on the gateway test bed (tests/integration/testbed.py): the appliance must
 keep answering, and its status must say what is wrong. Each test leaves the bed as it found
 it (``bed.ensure_running()`` at the start of the next one repairs what a failure left).
 """

@@ -1,4 +1,4 @@
-"""Issue 8 load on the gateway test bed: a flood from the students' network at several times
+"""Reliability under load on the gateway test bed: a flood from the students' network at several times
 the appliance's measured capacity while the staff network is still answered (per-client rate
 limiting), memory bounded; and a short soak (the long one: benchmarks/soak.py) whose RSS
 must not grow. The numbers of a quiet machine come from `python -m benchmarks.reliability`.
@@ -17,7 +17,7 @@ from tests.integration.testbed import bed, gateway_bed, measure_capacity, run_fl
 
 pytestmark = pytest.mark.slow
 
-# How strong a flood this machine can raise against its own capacity (5x is issue 8's goal)
+# How strong a flood this machine can raise against its own capacity (5x is the goal)
 # is a benchmark's number (python -m benchmarks.reliability, on a quiet machine): here the
 # flooders and the appliance share the cores with whatever else runs, so the test asks only
 # that the flood is far past the students' rate limit, and prints the factor it reached.

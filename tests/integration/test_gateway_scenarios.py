@@ -1,4 +1,4 @@
-"""Issue 8 scenarios on the gateway test bed (tests/integration/testbed.py): the whole
+"""Reliability scenarios on the gateway test bed (tests/integration/testbed.py): the whole
 appliance in a gateway namespace between a students' network, a staff network and an
 "internet" namespace, driven by real clients (dnspython, dig, curl).
 

@@ -13,7 +13,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import pytest
 from appliance.cli import main
 from tests.bundles import make_bundle
 from tests.tlscerts import self_signed
+from tests.wait import DEADLINE, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +61,21 @@ def answer_dns(sock: socket.socket, stop: threading.Event) -> None:
             sock.sendto(data[:2] + bytes([data[2] | 0x80, data[3]]) + data[4:], peer)
 
 
+EXPECTED = {("tls", TLS_NAMES[0]), ("tls", TLS_NAMES[1]), ("http", HTTP_NAME), ("dns", DNS_NAME)}
+
+
+def names_in(pcap: Path, bundle: Path) -> set[tuple[str, str]]:
+    """(proto, name) of what `schoolgate inspect` finds in ``pcap`` so far (tcpdump may be
+    writing it: an unreadable tail is "nothing yet")."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        if main(["inspect", str(pcap), "--bundle", str(bundle), "--json"], out, err) != 0:
+            return set()
+    except Exception:  # noqa: BLE001 - a capture cut mid-record
+        return set()
+    return {(r["proto"], r["name"]) for r in map(json.loads, out.getvalue().splitlines())}
+
+
 def test_names_from_a_live_capture(tmp_path: Path) -> None:
     for tool in ("tcpdump", "curl", "dig"):
         if shutil.which(tool) is None:
@@ -95,14 +110,16 @@ def test_names_from_a_live_capture(tmp_path: Path) -> None:
             dump.kill()
             pytest.skip(f"tcpdump cannot capture on lo here: {line.strip() or dump.wait()}")
         for name in TLS_NAMES:
-            subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", str(cert), "--resolve",
+            subprocess.run(["curl", "-sS", "--max-time", "60", "--cacert", str(cert), "--resolve",
                             f"{name}:{tls_port}:{addr}", f"https://{name}:{tls_port}/"], check=True,
                            capture_output=True)
-        subprocess.run(["curl", "-sS", "--max-time", "10", "--resolve", f"{HTTP_NAME}:{http_port}:{addr}",
+        subprocess.run(["curl", "-sS", "--max-time", "60", "--resolve", f"{HTTP_NAME}:{http_port}:{addr}",
                         f"http://{HTTP_NAME}:{http_port}/"], check=True, capture_output=True)
-        subprocess.run(["dig", f"@{addr}", "-p", str(dns_port), DNS_NAME, "+tries=1", "+time=3"],
+        subprocess.run(["dig", f"@{addr}", "-p", str(dns_port), DNS_NAME, "+tries=1", "+time=30"],
                        check=True, capture_output=True)
-        time.sleep(0.5)  # let tcpdump write the last packets (-U: each as it comes)
+        # until tcpdump has written the last packets (-U: each as it comes, once it has them)
+        probe = make_bundle(tmp_path / "probe-bundle", 1)
+        wait_for(lambda: EXPECTED <= names_in(pcap, probe), DEADLINE, "every name in the capture")
     finally:
         dump.send_signal(signal.SIGTERM)
         dump.wait(timeout=10)
@@ -115,8 +132,7 @@ def test_names_from_a_live_capture(tmp_path: Path) -> None:
     out, err = io.StringIO(), io.StringIO()
     assert main(["inspect", str(pcap), "--bundle", str(bundle), "--json"], out, err) == 0, err.getvalue()
     rows = [json.loads(x) for x in out.getvalue().splitlines()]
-    assert {(r["proto"], r["name"]) for r in rows} == {
-        ("tls", TLS_NAMES[0]), ("tls", TLS_NAMES[1]), ("http", HTTP_NAME), ("dns", DNS_NAME)}
+    assert {(r["proto"], r["name"]) for r in rows} == EXPECTED
     verdicts = {r["name"]: r["verdict"] for r in rows}
     assert verdicts[TLS_NAMES[1]] == "block" and verdicts[TLS_NAMES[0]] == "allow"
     assert all(r["dst"] == addr or r["src"] == addr for r in rows)

@@ -57,7 +57,7 @@ def _norm(proto: str, value: str) -> tuple[str, str] | None:
         return None
     if proto == "http":  # tshark reports the Host field as sent: port and brackets included
         return proto, _strip_host(value.encode()).decode()
-    return proto, value.lower()  # names are compared lower-cased (DESIGN.md §3)
+    return proto, value.lower()  # names are compared lower-cased (docs/matching.md)
 
 
 def manifest_rows() -> list[tuple[str, set[tuple[str, str]]]]:
@@ -82,7 +82,8 @@ def _check(key: str, got: set, want: set) -> None:
 
 
 @pytest.mark.parametrize("rel, want", manifest_rows() or [pytest.param("", set(), marks=pytest.mark.skip(
-    reason=f"{MANIFEST} not found (see ../shared/data/README.md)"))])
+    reason=f"{MANIFEST} (tshark's names per pcap) not found: set SCHOOLGATE_SHARED_DATA to a copy of "
+           "the public lists and pcaps"))])
 def test_names_agree_with_tshark_manifest(rel: str, want: set) -> None:
     _check(rel, found(SV / rel), want)
 
@@ -112,7 +113,8 @@ def test_names_agree_with_tshark_run_here() -> None:
         pytest.skip("tshark not installed (as root, tests/setup.sh installs it)")
     pcaps = shared_pcaps()
     if not pcaps:
-        pytest.skip(f"no shared pcaps under {SHARED_DATA} (see ../shared/data/README.md)")
+        pytest.skip(f"no shared pcaps under {SHARED_DATA} (set SCHOOLGATE_SHARED_DATA to a copy of the "
+                    "public lists and pcaps)")
     for p in pcaps:
         key = str(p.relative_to(SV)) if p.is_relative_to(SV) else p.name
         _check(key, found(p), _tshark_names(p))
@@ -121,7 +123,8 @@ def test_names_agree_with_tshark_run_here() -> None:
 def test_fast_path_equals_reference_and_nothing_raises() -> None:
     pcaps = shared_pcaps()
     if not pcaps:
-        pytest.skip(f"no shared pcaps under {SHARED_DATA} (see ../shared/data/README.md)")
+        pytest.skip(f"no shared pcaps under {SHARED_DATA} (set SCHOOLGATE_SHARED_DATA to a copy of the "
+                    "public lists and pcaps)")
     for p in pcaps:
         fast_stats, ref_stats = Counter(), Counter()
         fast = list(inspect_capture(str(p), True, stats=fast_stats))
@@ -133,7 +136,8 @@ def test_fast_path_equals_reference_and_nothing_raises() -> None:
 
 def test_tcpdump_robustness_cases_are_counted() -> None:
     if not TCPDUMP.is_dir():
-        pytest.skip(f"{TCPDUMP} not found (see ../shared/data/README.md)")
+        pytest.skip(f"{TCPDUMP} (tcpdump's test pcaps) not found: set SCHOOLGATE_SHARED_DATA to a copy of "
+                    "the public lists and pcaps")
     expect = {
         "dns-badlabel.pcap": "dns: question 1: name longer than 255 octets",
         "dns_fwdptr.pcap": "dns: question 1: compression pointer loops or points forward",
@@ -148,9 +152,10 @@ def test_tcpdump_robustness_cases_are_counted() -> None:
 
 def test_dotprefix_suffix_semantics(tmp_path: Path) -> None:
     """suricata-verify's detect-dotprefix-*: a google.com entry matches maps.l.google.com
-    but never agoogle.com (DESIGN.md §3: whole labels only)."""
+    but never agoogle.com (docs/matching.md: whole labels only)."""
     if not (SV / "tests" / "detect-dotprefix-03").is_dir():
-        pytest.skip(f"{SV} not found (see ../shared/data/README.md)")
+        pytest.skip(f"{SV} (suricata-verify pcaps) not found: set SCHOOLGATE_SHARED_DATA to a copy of "
+                    "the public lists and pcaps")
     from signatures.bundle import open_bundle
 
     from filters.verdicts import Verdicts

@@ -22,6 +22,7 @@ import dns.rcode  # noqa: E402
 
 from tests.bundles import make_bundle  # noqa: E402
 from tests.dnsservers import ROOT, free_port, need_tools, start_dnsmasq, start_schoolgate  # noqa: E402
+from tests.wait import DEADLINE  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +84,7 @@ def send_from_many_ports(port: int, names: list[str]) -> int:
     for i, name in enumerate(names):
         q = dns.message.make_query(name, "A")
         try:
-            dns.query.udp(q, "127.0.0.1", port=port, timeout=3)
+            dns.query.udp(q, "127.0.0.1", port=port, timeout=10)
             answered += 1
         except dns.exception.Timeout:
             pass
@@ -107,12 +108,12 @@ def test_two_workers_count_every_query_once(env) -> None:
     sg = start_schoolgate(cfg, tmp, port, name="sg-counters")
     try:
         sg.signal(signal.SIGUSR1)
-        before = wait_for(lambda: counters_logged(sg.text()), 10, "the first counters line")[-1]["counters"]
+        before = wait_for(lambda: counters_logged(sg.text()), DEADLINE, "the first counters line")[-1]["counters"]
         names = ([f"n{i}.casino.test" for i in range(150)] + [f"w{i}.allowed.test" for i in range(100)]
                  + ["allowed.test"] * 150)
         assert send_from_many_ports(port, names) == len(names)
         sg.signal(signal.SIGUSR1)
-        after = wait_for(lambda: counters_logged(sg.text())[1:], 10, "the second counters line")[-1]["counters"]
+        after = wait_for(lambda: counters_logged(sg.text())[1:], DEADLINE, "the second counters line")[-1]["counters"]
         assert after["queries"] - before["queries"] == len(names)
         assert after["blocked"] - before["blocked"] == 150
         assert after["blocked_by_category"]["gambling"] - before["blocked_by_category"].get("gambling", 0) == 150
@@ -120,14 +121,14 @@ def test_two_workers_count_every_query_once(env) -> None:
         assert after["cache_hits"] - before["cache_hits"] >= 140
         assert after["upstream_latency_ms"]["0"]["queries"] >= 101
         # counters.json (written every 5 s by the supervisor) feeds `schoolgate status`.
-        st = wait_for(lambda: (s := status(cfg))["dns"] and s["dns"]["queries"] == after["queries"] and s, 15,
+        st = wait_for(lambda: (s := status(cfg))["dns"] and s["dns"]["queries"] == after["queries"] and s, DEADLINE,
                       "counters.json to catch up")
         assert st["dns"]["blocked"] == after["blocked"] and st["dns"]["live"]
         # Blocks answered by the fast path reach the top-blocked table (its per-packet masks).
         top = dict(st["dns"]["top_blocked"])
         assert len(top) == 20 and all(k.endswith(".casino.test") and v == 1 for k, v in top.items())
         # ... and the query log, from both workers, with one client hash (one key per day).
-        got = wait_for(lambda: len(log_lines(tmp / "state")) >= 150 and log_lines(tmp / "state"), 10, "log lines")
+        got = wait_for(lambda: len(log_lines(tmp / "state")) >= 150 and log_lines(tmp / "state"), DEADLINE, "log lines")
         assert sorted(x["name"] for x in got) == sorted(names[:150])
         assert len({x["client"] for x in got}) == 1 and got[0]["client"] != "127.0.0.1"
     finally:
@@ -142,7 +143,7 @@ def test_two_workers_count_every_query_once(env) -> None:
     assert total == final[-1]["queries"]
     sg = start_schoolgate(cfg, tmp, port, name="sg-counters-2")
     try:
-        st = wait_for(lambda: (s := status(cfg))["dns"] and s["dns"]["queries"] > total and s, 15, "a report")
+        st = wait_for(lambda: (s := status(cfg))["dns"] and s["dns"]["queries"] > total and s, DEADLINE, "a report")
         assert st["dns"]["blocked"] >= 150
         assert st["dns"]["since"] == json.loads((tmp / "state" / "counters.json").read_text())["since"]
     finally:
@@ -150,7 +151,7 @@ def test_two_workers_count_every_query_once(env) -> None:
 
 
 def tcp_ask(port: int, name: str, source: str = "127.0.0.1") -> dns.message.Message:
-    return dns.query.tcp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=3, source=source)
+    return dns.query.tcp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=10, source=source)
 
 
 def log_lines(state: Path) -> list[dict]:
@@ -177,9 +178,9 @@ def test_query_log_keeps_no_raw_client_address(env) -> None:
         for i in range(20):
             tcp_ask(port, f"q{i}.casino.test", source="127.0.0.7")
         assert tcp_ask(port, "allowed.test", source="127.0.0.7").rcode() == dns.rcode.NOERROR
-        got = wait_for(lambda: [x for x in log_lines(state) if x["name"].endswith("casino.test")], 10,
+        got = wait_for(lambda: [x for x in log_lines(state) if x["name"].endswith("casino.test")], DEADLINE,
                        "log lines")
-        got = wait_for(lambda: len(log_lines(state)) >= 20 and log_lines(state), 10, "all log lines")
+        got = wait_for(lambda: len(log_lines(state)) >= 20 and log_lines(state), DEADLINE, "all log lines")
         assert sorted(x["name"] for x in got) == sorted(f"q{i}.casino.test" for i in range(20))  # blocked only
         assert {x["client"] for x in got} == {got[0]["client"]} and len(got[0]["client"]) == 16
         text = "".join(p.read_text() for p in (state / "logs").glob("*.jsonl"))
@@ -206,17 +207,24 @@ def test_full_disk_degrades_logging_and_dns_goes_on(env) -> None:
                        .replace(f"bundle: {tmp}/bundle", f"bundle: {env['tmp']}/bundle"))
         sg = start_schoolgate(cfg, tmp, port, name="sg-full")
         try:
-            # ~200 B a line: 32 kB is full after ~160 lines; send far more.
-            answered = 0
-            for i in range(600):
-                r = tcp_ask(port, f"long-name-to-fill-the-disk-{i:04d}.casino.test")
-                answered += r.rcode() == dns.rcode.NXDOMAIN  # blocked (block_mode nxdomain)
-                if i % 100 == 0:
-                    time.sleep(0.6)  # let a flush happen between bursts
-            assert answered == 600  # filtering never stopped
+            # ~200 B a line: 32 kB is full after ~160 lines; send far more, in bursts of 100
+            # until the status reports the log's write errors (flushes happen between bursts)
+            asked = answered = 0
+
+            def burst() -> dict | bool:
+                nonlocal asked, answered
+                for _ in range(100):
+                    r = tcp_ask(port, f"long-name-to-fill-the-disk-{asked:04d}.casino.test")
+                    asked += 1
+                    answered += r.rcode() == dns.rcode.NXDOMAIN  # blocked (block_mode nxdomain)
+                if asked < 600:
+                    return False
+                s = status(cfg)
+                return bool(s["dns"] and s["dns"]["query_log"]["errors"]) and s
+
+            st = wait_for(burst, DEADLINE, "the log errors in status")
+            assert answered == asked  # filtering never stopped
             assert tcp_ask(port, "allowed.test").rcode() == dns.rcode.NOERROR
-            st = wait_for(lambda: (s := status(cfg))["dns"] and s["dns"]["query_log"]["errors"] and s, 20,
-                          "the log errors in status")
             q = st["dns"]["query_log"]
             assert q["written"] > 0 and q["errors"] > 0 and "ENOSPC" in (q["degraded"] or "")
             text = subprocess.run([sys.executable, "-m", "appliance.cli", "status", "--config", str(cfg)],

@@ -1,6 +1,8 @@
-"""Signed updates against a real HTTP server on 127.0.0.1: the happy paths and every attack
-of issue 3. Each attack must be refused with a clear error in update-state.json, and the
-last good bundle must stay active and keep answering lookups."""
+"""Signed updates against a real HTTP server on 127.0.0.1: the happy paths and the classic
+attacks on an update client (tampered or unsigned files, wrong or revoked keys, rollback,
+freeze, mix-and-match, endless data, slow retrieval, malicious archives). Each attack must
+be refused with a clear error in update-state.json, and the last good bundle must stay
+active and keep answering lookups."""
 
 from __future__ import annotations
 

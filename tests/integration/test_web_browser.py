@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ import dns.query  # noqa: E402
 from tests.bundles import make_bundle  # noqa: E402
 from tests.dnsservers import free_port, start_schoolgate  # noqa: E402
 from tests.integration.test_web import PASSWORD, XSS_LABEL, request, wait_web, write_config  # noqa: E402
+from tests.wait import DEADLINE  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -59,9 +59,10 @@ def test_admin_flow_in_chromium(appliance, tmp_path: Path) -> None:
 
     dialogs: list[str] = []
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True, timeout=DEADLINE * 1000)
         try:
             page = browser.new_page(viewport={"width": 412, "height": 915})  # a phone
+            page.set_default_timeout(DEADLINE * 1000)  # every wait of Playwright's: a loaded machine is slow
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
@@ -94,7 +95,7 @@ def test_admin_flow_in_chromium(appliance, tmp_path: Path) -> None:
             # the block page in the browser too
             page.goto(f"http://127.0.0.1:{bp}/")
             assert page.locator("h1").count() == 1
-            time.sleep(0.2)
+            page.wait_for_load_state("load")  # everything it loads, loaded: any error would have come
         finally:
             browser.close()
     assert dialogs == [] and errors == []

@@ -1,4 +1,4 @@
-"""The gateway test bed (issue 8): the whole appliance as a school would run it, inside
+"""The gateway test bed for the reliability tests: the whole appliance as a school would run it, inside
 network namespaces this module creates and always removes.
 
     client  10.10.0.2/24 (students) ─┐                       ┌─ internet 10.99.0.2/24

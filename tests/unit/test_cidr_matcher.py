@@ -1,4 +1,4 @@
-"""filters.cidr_matcher and its kernels, checked against tests/reference.py (STYLE.md 7)."""
+"""filters.cidr_matcher and its kernels, checked against the naive tests/reference.py."""
 
 from __future__ import annotations
 

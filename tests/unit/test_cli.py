@@ -1,4 +1,5 @@
-"""The schoolgate command: build and lookup as DESIGN.md §5 specifies them."""
+"""The schoolgate command: build and lookup as README.md ("What works today") and
+docs/matching.md ("The why") describe them."""
 
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.config.load import ConfigErrors, load_config
 from appliance.config.flows import FlowsConfig
+from appliance.config.load import ConfigErrors, load_config
 
 
 def test_absent_means_disabled_and_values_parse() -> None:

@@ -1,4 +1,4 @@
-"""appliance/config/log.py: DNS upstream syntax (plain and tls://) and dns.tls_ca."""
+"""DNS upstream syntax (plain and tls://, appliance/config/values.py) and dns.tls_ca (appliance/config/dns.py)."""
 
 from __future__ import annotations
 

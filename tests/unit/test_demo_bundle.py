@@ -6,15 +6,22 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from appliance.config.load import UpdatesConfig, load_config
 from appliance.bundles.demo import build_demo
-from appliance.bundles.select import (DEMO_DIR, DEMO_REPO, DEMO_ROOT, demo_updates, open_selected, resolve_bundle,
-                                select_bundle)
+from appliance.bundles.select import (
+    DEMO_DIR,
+    DEMO_REPO,
+    DEMO_ROOT,
+    demo_updates,
+    open_selected,
+    resolve_bundle,
+    select_bundle,
+)
+from appliance.config.load import UpdatesConfig, load_config
 from appliance.updates.state import active_bundle_dir
 from appliance.updates.updater import update_once
 from filters.catalog import ALL_CATEGORIES
@@ -24,7 +31,7 @@ from signatures.keys import Keyring, generate_keys
 from signatures.repository import load_repo, publish
 from tests.bundles import make_bundle
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 def test_the_shipped_demo_installs_through_the_updater(tmp_path: Path) -> None:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from dnslib import RR, A, DNSRecord, QTYPE
+from dnslib import QTYPE, RR, A, DNSRecord
 
-from filters.dns_answer import (BlockAnswers, badvers_response, error_response, minimal_any,
-                                negative_answer, render_cached)
+from filters.dns_answer import (
+    BlockAnswers,
+    badvers_response,
+    error_response,
+    minimal_any,
+    negative_answer,
+    render_cached,
+)
 from filters.dns_response import normalise_response
 from filters.dns_wire import parse_query
 from filters.errors import InputError

@@ -23,8 +23,8 @@ from appliance.dns.cache import ArrayCache, WireCache
 from appliance.dns.pipeline import Forward, Pipeline
 from appliance.dns.ratelimit import ArrayRateLimiter
 from filters.dns_answer import BlockAnswers
-from filters.names import wire_to_name
 from filters.dns_fast import ACT_DROP, ACT_PYTHON, Batch, FastTables
+from filters.names import wire_to_name
 from filters.policy import NetworkTable, PolicyRule, PolicySet
 from signatures.bundle import open_bundle
 from tests.bundles import make_bundle

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from dnslib import A, CNAME, DNSRecord, QTYPE, RR, SOA
+from dnslib import CNAME, QTYPE, RR, SOA, A, DNSRecord
 
 from appliance.dns.cache import WireCache
 from appliance.dns.pipeline import Forward, Pipeline

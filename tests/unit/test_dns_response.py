@@ -5,10 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
-from dnslib import AAAA, CNAME, DNSRecord, EDNS0, QTYPE, RR, SOA, A
+from dnslib import AAAA, CNAME, EDNS0, QTYPE, RR, SOA, A, DNSRecord
 
-from filters.dns_response import (RCODE_NXDOMAIN, normalise_response, read_name, render_body,
-                                  walk_records)
+from filters.dns_response import RCODE_NXDOMAIN, normalise_response, read_name, render_body, walk_records
 from filters.dns_wire import parse_query
 from filters.errors import PacketError
 from tests.dnsdata import fuzz_seeds, malformed, mutations

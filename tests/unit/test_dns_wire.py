@@ -56,7 +56,8 @@ def test_responses_are_dropped() -> None:
 def test_fuzz_seeds_raise_only_packet_errors() -> None:
     seeds = fuzz_seeds()
     if not seeds:
-        pytest.skip("../shared/data/dns-fuzz not found (see ../shared/data/README.md)")
+        pytest.skip("no DNS fuzz seeds (dns-fuzz/ of the shared test data): set SCHOOLGATE_SHARED_DATA to a "
+                    "copy of the public lists and pcaps")
     rng = random.Random(4)
     n = 0
     for seed in seeds + list(malformed().values()):

@@ -1,6 +1,6 @@
-"""filters.domain_matcher and its kernels against the naive reference (STYLE.md 7).
+"""filters.domain_matcher and its kernels against the naive reference.
 
-The reference (tests/reference.py, "Domain reference") restates DESIGN.md §3 over a plain
+The reference (tests/reference.py, "Domain reference") restates docs/matching.md over a plain
 list of (name, subdomains_only, source) entries. The property tests draw small worlds
 (few labels, shallow names, few sources) so that suffix overlaps, wildcard vs full entries,
 allow vs block at every relative depth, one name in several sources and local overlay
@@ -80,7 +80,7 @@ class World:
         return self.allow + [False, True]
 
     def reference(self, name: str, policy: int) -> DomainAnswer:
-        # every policy blocks local entries (DESIGN.md §3)
+        # every policy blocks local entries (docs/matching.md)
         return reference_domain_match(self.all_entries(), self.ref_masks(), self.ref_allow(),
                                       name, policy | LOCAL)
 

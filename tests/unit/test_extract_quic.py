@@ -12,8 +12,17 @@ import random
 
 import pytest
 
-from filters.extract_quic import (MAX_INITIALS, VERSION_1, VERSION_2, QuicInitialSession, crypto_frames,
-                                  decrypt_initial, hkdf_expand_label, initial_keys, looks_like_initial)
+from filters.extract_quic import (
+    MAX_INITIALS,
+    VERSION_1,
+    VERSION_2,
+    QuicInitialSession,
+    crypto_frames,
+    decrypt_initial,
+    hkdf_expand_label,
+    initial_keys,
+    looks_like_initial,
+)
 from filters.extraction import Status
 from tests.wire import client_hello, crypto_frame, quic_initial
 

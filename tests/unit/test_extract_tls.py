@@ -6,8 +6,15 @@ import random
 
 import pytest
 
-from filters.extract_tls import (EXT_ECH, MAX_CLIENT_HELLO, MAX_FIRST_FLIGHT, ClientHelloReassembler,
-                                 client_hello_from_handshake, looks_like_tls, parse_client_hello)
+from filters.extract_tls import (
+    EXT_ECH,
+    MAX_CLIENT_HELLO,
+    MAX_FIRST_FLIGHT,
+    ClientHelloReassembler,
+    client_hello_from_handshake,
+    looks_like_tls,
+    parse_client_hello,
+)
 from filters.extraction import Status
 from tests.wire import client_hello, ext, records
 
@@ -25,7 +32,7 @@ def test_sni_alpn_from_one_record() -> None:
 
 
 def test_hello_split_over_segments_then_done_once() -> None:
-    # A post-quantum key share pushes the hello past one MSS (issue 5).
+    # A post-quantum key share (over 1 kB) pushes the hello past one MSS.
     wire = records(client_hello(b"split.example", pad_to=1800))
     chunks = [wire[i:i + 700] for i in range(0, len(wire), 700)]
     out = feed_all(chunks + [b"\x17\x03\x03\x00\x01x"])

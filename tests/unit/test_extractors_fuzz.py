@@ -3,8 +3,9 @@ the long one): seeds from the shared captures, nothing may raise outside PacketE
 
 from __future__ import annotations
 
-from benchmarks.fuzz_extractors import campaign, mutate, seeds
 import random
+
+from benchmarks.fuzz_extractors import campaign, mutate, seeds
 
 
 def test_short_campaign_from_capture_seeds(shared_data) -> None:

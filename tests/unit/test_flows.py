@@ -59,8 +59,8 @@ def test_selection_filter_passes_only_flow_openers() -> None:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    from appliance.config.load import load_config
     from appliance.compose import build
+    from appliance.config.load import load_config
 
     tmp: Path = tmp_path_factory.mktemp("flows")
     bundle = make_bundle(tmp / "bundle", 1)
@@ -79,7 +79,8 @@ def test_decisions_by_the_clients_policy(built) -> None:
     assert d[0].seq_end == 1000 + len(records(client_hello(BLOCKED.encode())))
     staff = insp.packet(1.0, _ip(tcp_frame(records(client_hello(BLOCKED.encode())), src="10.0.5.9")), 4)
     assert [(x.verdict, x.action, x.policy) for x in staff] == [("allow", None, "staff")]
-    q = insp.packet(2.0, _ip(udp_frame(quic_initial(os.urandom(8), crypto_frame(0, client_hello(b"www." + BLOCKED.encode()))))), 4)
+    hello = client_hello(b"www." + BLOCKED.encode())
+    q = insp.packet(2.0, _ip(udp_frame(quic_initial(os.urandom(8), crypto_frame(0, hello)))), 4)
     assert [(x.found.proto, x.action) for x in q] == [("quic", "block")]  # UDP: dropped, no reset
     h = insp.packet(3.0, _ip(tcp_frame(HTTP_REQ, dport=80, sport=40100)), 4)
     assert [(x.found.proto, x.action) for x in h] == [("http", "reset")]
@@ -160,7 +161,8 @@ def _hello(name: bytes, sport: int) -> bytes:
 def test_capture_loop_reads_judges_and_reports(tmp_path: Path) -> None:
     from appliance.flows.inspector import read_flows_state
 
-    _cfg, loop = _loop(tmp_path, [_hello(BLOCKED.encode(), 41000 + i) for i in range(3)] + [_hello(b"ok.example", 42000)])
+    _cfg, loop = _loop(tmp_path,
+                       [_hello(BLOCKED.encode(), 41000 + i) for i in range(3)] + [_hello(b"ok.example", 42000)])
     assert loop.read() == 4  # every read of the batch, two packets a read
     assert loop.inspector.counters.seen == 4 and loop.inspector.counters.monitor == 3 and loop.dirty
     loop.housekeeping(loop.next_state)

@@ -14,8 +14,17 @@ from appliance.cli import main
 from appliance.pcap.inspect import inspect_capture
 from tests.bundles import make_bundle
 from tests.dnsdata import query
-from tests.wire import (client_hello, crypto_frame, ext, quic_initial, records, tcp_frame, udp_frame,
-                        write_pcap, write_pcapng)
+from tests.wire import (
+    client_hello,
+    crypto_frame,
+    ext,
+    quic_initial,
+    records,
+    tcp_frame,
+    udp_frame,
+    write_pcap,
+    write_pcapng,
+)
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -150,8 +159,8 @@ def test_bad_input_exits_2(tmp_path: Path, bundle: Path) -> None:
 
 @pytest.mark.slow
 def test_capture_kernels_pass_without_jit() -> None:
-    """STYLE.md 7: the capture kernels' tests once more as plain Python (numba reads
-    NUMBA_DISABLE_JIT at import, hence the subprocess)."""
+    """The capture kernels' tests (kernels against a naive reference) once more as plain
+    Python (numba reads NUMBA_DISABLE_JIT at import, hence the subprocess)."""
     import os
     import subprocess
     import sys

@@ -158,7 +158,7 @@ def test_blocklistproject_formats_agree(shared_data: Path) -> None:
 
 def test_hagezi_adblock_matches_wildcard_flavour(shared_data: Path) -> None:
     # Same list, two syntaxes: "||d^" (adblock) and "*.d" (wildcard). Note the semantic
-    # difference under DESIGN.md §3: "*.d" leaves the apex d itself unblocked.
+    # difference (docs/matching.md): "*.d" leaves the apex d itself unblocked.
     base = shared_data / "lists/hagezi-2022"
     for name in ("doh-vpn-proxy-bypass.txt", "nosafesearch.txt"):
         a = _parse_file(adblock, base / "adblock" / name)

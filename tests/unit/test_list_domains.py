@@ -1,4 +1,4 @@
-"""filters/lists/domains.py: one name per line (DESIGN.md §3, §5 "domains")."""
+"""filters/lists/domains.py: one name per line (docs/matching.md, "Entries")."""
 
 from __future__ import annotations
 

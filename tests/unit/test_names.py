@@ -1,4 +1,4 @@
-"""filters/names.py: canonical names (DESIGN.md §3), the IP heuristic and the wire form."""
+"""filters/names.py: canonical names (docs/matching.md), the IP heuristic and the wire form."""
 
 from __future__ import annotations
 

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import subprocess
 
 import numpy as np
 import pytest
 
-from appliance.flows.nft import (CAPTURE_TCP_PACKETS, PolicyCidrs, RulesetSpec, capture_script, category_cidrs,
-                           flow_element, ruleset_script)
+from appliance.flows.nft import (
+    CAPTURE_TCP_PACKETS,
+    PolicyCidrs,
+    RulesetSpec,
+    capture_script,
+    category_cidrs,
+    flow_element,
+    ruleset_script,
+)
 from filters.cidr_matcher import CidrMatcher
 from filters.cidr_table import build_cidr_table
 from filters.classes import ClassTable
@@ -34,7 +40,7 @@ def test_category_cidrs_agree_with_the_matcher() -> None:
     rng = random.Random(7)
     for mask in (1, 2, 3):
         v4, v6 = category_cidrs(m, mask)
-        inside = lambda a: any(a in n for n in (v4 if a.version == 4 else v6))  # noqa: E731
+        inside = lambda a, v4=v4, v6=v6: any(a in n for n in (v4 if a.version == 4 else v6))  # noqa: E731
         probes = [ipaddress.ip_address(rng.getrandbits(32)) for _ in range(200)]
         for net, _, _ in entries:
             n = ipaddress.ip_network(net)
@@ -86,7 +92,8 @@ def test_capture_chain_text() -> None:
 def test_flow_element() -> None:
     assert flow_element(bytes([10, 0, 0, 2]), 6, 4000, bytes([1, 2, 3, 4]), 443) == (
         "v4", "10.0.0.2 . 6 . 4000 . 1.2.3.4 . 443")
-    assert flow_element(ipaddress.ip_address("fd00::1").packed, 17, 5, ipaddress.ip_address("::2").packed, 443)[0] == "v6"
+    v6 = flow_element(ipaddress.ip_address("fd00::1").packed, 17, 5, ipaddress.ip_address("::2").packed, 443)
+    assert v6[0] == "v6"
 
 
 def test_nft_accepts_the_ruleset_in_a_namespace() -> None:

@@ -1,4 +1,4 @@
-"""The kernel tests once more with NUMBA_DISABLE_JIT=1 (STYLE.md 7).
+"""The kernel tests once more with NUMBA_DISABLE_JIT=1 (docs/architecture.md, Conventions).
 
 With the JIT off the njit kernels run as plain Python: the same property tests then check
 the kernels' Python semantics (numba and CPython must agree on them), and coverage can see

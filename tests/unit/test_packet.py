@@ -9,11 +9,22 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
-from scapy.layers.ppp import PPP, HDLC
+from scapy.layers.ppp import HDLC, PPP
 
-from filters.packet import (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_LOOP,
-                            LINKTYPE_NULL, LINKTYPE_PPP, LINKTYPE_RAW, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
-                            Drop, Packet, decode)
+from filters.packet import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_PPP,
+    LINKTYPE_RAW,
+    MAX_IPV6_EXT_HEADERS,
+    MAX_VLAN_TAGS,
+    Drop,
+    Packet,
+    decode,
+)
 
 SEG = TCP(sport=1234, dport=443, seq=77, flags="PA") / b"hello"
 

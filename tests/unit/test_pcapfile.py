@@ -114,7 +114,8 @@ def test_not_a_capture(tmp_path: Path, content: bytes) -> None:
 def test_kernels_agree_with_reference_on_shared_pcaps() -> None:
     pcaps = sorted((SHARED_DATA / "pcaps").rglob("*.pcap"))
     if not pcaps:
-        pytest.skip(f"no pcaps under {SHARED_DATA / 'pcaps'} (see ../shared/data/README.md)")
+        pytest.skip(f"no pcaps under {SHARED_DATA / 'pcaps'} (set SCHOOLGATE_SHARED_DATA to a copy of the "
+                    "public lists and pcaps)")
     for p in pcaps:
         try:
             ref = reference(p)

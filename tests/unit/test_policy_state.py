@@ -4,13 +4,13 @@ with an injected clock (no waiting for real times)."""
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from appliance.policy import temporary_allow as ta
 from appliance.config.load import load_config
+from appliance.policy import temporary_allow as ta
 from appliance.policy.state import PolicyState
 from filters import _domain_kernels as K
 from filters.names import name_to_wire
@@ -71,7 +71,7 @@ def state(tmp_path: Path):
     (tmp_path / "state").mkdir()
     (tmp_path / "c.yaml").write_text(CONFIG.format(tmp=tmp_path))
     cfg = load_config(tmp_path / "c.yaml")
-    clock = FakeClock(datetime(2024, 4, 1, 5, 0, tzinfo=timezone.utc))  # Monday 07:00 Paris
+    clock = FakeClock(datetime(2024, 4, 1, 5, 0, tzinfo=UTC))  # Monday 07:00 Paris
     return PolicyState(cfg, bundle.catalog, bundle.domain_matcher(), clock), clock, cfg
 
 
@@ -101,7 +101,7 @@ def test_schedule_switch_and_doh(state) -> None:
     got = ps.refresh()
     assert got is not None and blocked(*got, "students", "games.test")
     assert ps.refresh() is None
-    clock.t = datetime(2024, 4, 1, 14, 0, tzinfo=timezone.utc)  # 16:00 Paris: school is out
+    clock.t = datetime(2024, 4, 1, 14, 0, tzinfo=UTC)  # 16:00 Paris: school is out
     got = ps.refresh()
     assert got is not None and not blocked(*got, "students", "games.test")
 

@@ -6,20 +6,27 @@ import json
 import stat
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from appliance.config.load import load_config
 from appliance.config.log import LogConfig
-from appliance.observe.querylog import (LINE_BURST, RETRY_PERIOD, ClientPrivacy, QueryLog, enforce_retention, log_dir,
-                                log_file)
+from appliance.observe.querylog import (
+    LINE_BURST,
+    RETRY_PERIOD,
+    ClientPrivacy,
+    QueryLog,
+    enforce_retention,
+    log_dir,
+    log_file,
+)
 from appliance.observe.stats import SharedStats
 from filters.errors import ConfigError
 from filters.names import name_to_wire
 
-DAY1 = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc).timestamp()
+DAY1 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC).timestamp()
 DAY2 = DAY1 + 86400
 
 
@@ -169,7 +176,7 @@ print(t["written"], t["errors"], t["last_errno"])
     assert out.returncode == 0, out.stderr
     written, errors, errno_ = map(int, out.stdout.split())
     assert 0 < written < 20 and errors > 0 and errno_ in (27, 28)  # EFBIG (or a short write)
-    for line in (log_dir(tmp_path) / f"queries-{datetime.now(timezone.utc):%Y-%m-%d}.jsonl").read_text().splitlines():
+    for line in (log_dir(tmp_path) / f"queries-{datetime.now(UTC):%Y-%m-%d}.jsonl").read_text().splitlines():
         if line:
             json.loads(line) if line.endswith("}") else None  # whole lines, or one torn at the end
 

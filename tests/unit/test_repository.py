@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from signatures.keys import Keyring, generate_key, generate_keys
 from signatures.repository import EXPIRY, TARGET_NAME, load_repo, publish, refresh, rotate_keys
 from tests.bundles import edit_manifest, make_bundle
 
-T0 = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture()

@@ -11,8 +11,14 @@ from filters.dns_response import normalise_response
 from filters.dns_wire import parse_query
 from filters.errors import InputError
 from filters.names import name_to_wire
-from filters.safesearch import (GOOGLE_TARGET, MAX_CNAME_TTL, SafeSearch, google_domains, parse_safesearch,
-                                rewrite_answer)
+from filters.safesearch import (
+    GOOGLE_TARGET,
+    MAX_CNAME_TTL,
+    SafeSearch,
+    google_domains,
+    parse_safesearch,
+    rewrite_answer,
+)
 from tests.dnsdata import query
 
 

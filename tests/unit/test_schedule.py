@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,7 +16,7 @@ POLICIES = {"students": (("gambling",), (SCHOOL, NIGHT)), "staff": ((), ())}
 
 
 def utc(*a: int) -> datetime:
-    return datetime(*a, tzinfo=timezone.utc)
+    return datetime(*a, tzinfo=UTC)
 
 
 def test_parse_days() -> None:
@@ -31,7 +31,8 @@ def test_parse_days() -> None:
 
 def test_parse_entry_errors() -> None:
     for bad in ({"days": "mon", "time": "8-16", "block": []}, {"days": "mon", "time": "08:00-08:00", "block": []},
-                {"days": "mon", "time": "25:00-08:00", "block": []}, {"days": "mon", "time": "24:00-08:00", "block": []},
+                {"days": "mon", "time": "25:00-08:00", "block": []},
+                {"days": "mon", "time": "24:00-08:00", "block": []},
                 {"days": "mon", "block": []}, {"days": "mon", "time": "08:00-09:00", "block": "games"},
                 {"days": "mon", "time": "08:00-09:00", "block": [], "colour": 1}, "mon 8-16"):
         with pytest.raises(InputError):

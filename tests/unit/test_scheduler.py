@@ -3,14 +3,14 @@ fake clock and a fake spawn (the real subprocess runs in tests/integration/test_
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from appliance.config.load import UpdatesConfig
 from appliance.updates.scheduler import UpdateScheduler, delay_after_run, start_delay, updater_argv
 from appliance.updates.state import write_update_state
 
-NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 HOUR = 3600.0
 
 

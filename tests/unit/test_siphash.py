@@ -1,4 +1,4 @@
-"""The SipHash of filters/_domain_kernels.py, checked in two steps (STYLE.md 7).
+"""The SipHash of filters/_domain_kernels.py, checked in two steps (against a naive reference).
 
 1. The pure-Python reference (tests/reference.py) reproduces the published SipHash-2-4
    vectors, 64- and 128-bit (veorq/SipHash ``vectors.h``: key 00..0f, message 00..(n-1)).
@@ -31,7 +31,7 @@ from filters.domain_table import (
     build_domain_table,
     pack_names,
 )
-from tests.reference import sip_words, siphash, siphash128_words, suffix_message
+from tests.reference import sip_words, siphash, suffix_message
 
 # Pure-Python kernels (NUMBA_DISABLE_JIT=1, tests/unit/test_nojit.py) are ~1000x slower.
 PURE_PYTHON = bool(numba.config.DISABLE_JIT)

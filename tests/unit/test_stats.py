@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 
 from appliance.dns.pipeline import Counters
-from appliance.observe.stats import (EVENTS_PER_SLOT, HISTORY_MINUTES, SLOT_CAPTURE, SLOT_OWNER, TOP_PER_SLOT, SharedStats,
-                             StatsSlot, slots_for)
+from appliance.observe.stats import (
+    EVENTS_PER_SLOT,
+    HISTORY_MINUTES,
+    SLOT_CAPTURE,
+    SLOT_OWNER,
+    TOP_PER_SLOT,
+    SharedStats,
+    StatsSlot,
+    slots_for,
+)
 from filters import _dns_kernels as K
 
 

@@ -8,17 +8,17 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 import appliance.observe.status as status_mod
-from appliance.cli import main
 from appliance.bundles.select import install_demo
+from appliance.cli import main
+from appliance.config.load import load_config
 from appliance.updates.state import clear_run_state, pid_alive, read_run_state, write_run_state
 from appliance.updates.updater import update_once
-from appliance.config.load import load_config
 from signatures.keys import Keyring, generate_keys
 from signatures.repository import publish
 from tests.bundles import make_bundle
@@ -32,7 +32,7 @@ def run(*argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture()
 def site(tmp_path: Path) -> Path:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     keys, repo = tmp_path / "keys", tmp_path / "repo"
     generate_keys(keys)
     publish(repo, make_bundle(tmp_path / "b1", 1, now=now), Keyring(keys), now)
@@ -154,7 +154,7 @@ def test_dns_counters_from_counters_json(tmp_path: Path) -> None:
     s.set("log_last_errno", errno_mod.ENOSPC)
     cfg.state_dir.mkdir()
     status_mod.write_counters(cfg.state_dir, stats, lambda m: ["gambling"] if m & 1 else [], "2026-11-24T00:00:00Z")
-    s.set("log_last_error_ts", int(datetime.now(timezone.utc).timestamp()))
+    s.set("log_last_error_ts", int(datetime.now(UTC).timestamp()))
     st = status_mod.collect_status(cfg)["dns"]
     assert st["queries"] == 12 and st["blocked"] == 1 and st["blocked_by_category"] == {"gambling": 1}
     assert st["top_blocked"] == [["casino.test", 1]] and st["since"] == "2026-11-24T00:00:00Z"

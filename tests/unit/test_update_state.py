@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from signatures.keys import Keyring, generate_keys
 from signatures.repository import add_bundle_archive, publish
 from tests.bundles import make_bundle
 
-T0 = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 def test_current_pointer_is_replaced_atomically(tmp_path: Path) -> None:

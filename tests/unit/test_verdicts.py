@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from filters.catalog import ALL_CATEGORIES
@@ -31,7 +30,8 @@ def test_names_are_judged_as_the_dns_server_judges_them(matcher) -> None:
     assert v("bücher.".encode() + BLOCKED.encode()).verdict == "block"  # raw UTF-8 mapped to an A-label
 
 
-@pytest.mark.parametrize("bad", [b"", b"a..b", b"x" * 64 + b".test", (b"a" * 60 + b".") * 5 + b"test", b"\xff\xfe.test"])
+@pytest.mark.parametrize("bad", [b"", b"a..b", b"x" * 64 + b".test", (b"a" * 60 + b".") * 5 + b"test",
+                                 b"\xff\xfe.test"])
 def test_what_is_not_a_name_is_an_error_not_a_verdict(matcher, bad: bytes) -> None:
     assert Verdicts(matcher, ALL_CATEGORIES)(bad) == NameVerdict("error", [], None)
 

@@ -7,7 +7,7 @@ import asyncio
 import json
 import shutil
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from tests.bundles import edit_manifest, make_bundle
 
 PASSWORD = "correct horse battery"
 XSS = "<img src=x onerror=alert(1)>"
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 class Clock:

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.web.auth import (LOCKOUT, LOGIN_FAILURES, SESSION_IDLE, SESSION_MAX, LoginThrottle,
-                                PasswordHashError, SessionStore, csrf_ok, hash_password, parse_password_hash,
-                                verify_password)
+from appliance.web.auth import (
+    LOCKOUT,
+    LOGIN_FAILURES,
+    SESSION_IDLE,
+    SESSION_MAX,
+    LoginThrottle,
+    PasswordHashError,
+    SessionStore,
+    csrf_ok,
+    hash_password,
+    parse_password_hash,
+    verify_password,
+)
 
 N = 2 ** 12  # the minimum cost: fast tests
 

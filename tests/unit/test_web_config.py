@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.config.load import ConfigErrors, load_config
 from appliance.config.defaults import DEFAULT_CONFIG
+from appliance.config.load import ConfigErrors, load_config
 from appliance.web.auth import hash_password
 
 

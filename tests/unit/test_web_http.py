@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.web.http import (MAX_BODY, MAX_HEAD, MAX_HEADERS, MAX_REQUEST_LINE, HttpError, RequestParser,
-                                Response, parse_cookies, parse_form, parse_head)
+from appliance.web.http import (
+    MAX_BODY,
+    MAX_HEAD,
+    MAX_HEADERS,
+    MAX_REQUEST_LINE,
+    HttpError,
+    RequestParser,
+    Response,
+    parse_cookies,
+    parse_form,
+    parse_head,
+)
 
 
 def head(line: str, *headers: str) -> bytes:
