@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config.schema import ConfigDoc
-from appliance.config.values import one_or_many, parse_hostport, parse_upstream
+from appliance.config.values import UpstreamAddress, one_or_many, parse_hostport, parse_upstream
 from filters.dns_answer import DEFAULT_BLOCK_TTL
 from filters.errors import ConfigError, InputError, Where
 from filters.safesearch import parse_safesearch
@@ -50,7 +50,7 @@ DEFAULT_RATE, DEFAULT_BURST = 200.0, 400.0
 class DnsConfig:
     listen: tuple[tuple[str, int], ...] = (DEFAULT_LISTEN,)
     # (host, port) plain DNS; (host, port, tls name) DNS over TLS (appliance/config/values.py)
-    upstreams: tuple[tuple, ...] = ()
+    upstreams: tuple[UpstreamAddress, ...] = ()
     block_mode: str = "nxdomain"
     blockpage: tuple[str, ...] = ()  # block page addresses (v4 and/or v6) for "blockpage"
     block_ttl: int = DEFAULT_BLOCK_TTL
@@ -124,8 +124,8 @@ def _listen(doc: ConfigDoc, v: Any, errors: list[ConfigError]) -> tuple[tuple[st
     return tuple(out)
 
 
-def parse_upstreams(doc: ConfigDoc, v: Any, errors: list[ConfigError]) -> tuple[tuple, ...]:
-    """``dns.upstreams``: plain ones as (host, port), DoT ones as (host, port, tls name)."""
+def parse_upstreams(doc: ConfigDoc, v: Any, errors: list[ConfigError]) -> tuple[UpstreamAddress, ...]:
+    """``dns.upstreams``: plain DNS and DoT upstreams, in order."""
     out = []
     for at, item in one_or_many(v):
         u = parse_upstream(item)

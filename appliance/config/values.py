@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["parse_hostport", "parse_upstream", "hostname_ok", "seconds", "one_or_many", "keypath",
+__all__ = ["UpstreamAddress", "parse_hostport", "parse_upstream", "hostname_ok", "seconds", "one_or_many", "keypath",
            "DOT_PORT"]
 
 DOT_PORT = 853  # RFC 7858 §3.1
@@ -49,23 +49,38 @@ def parse_hostport(text: object, default_port: int = 53) -> tuple[str, int] | No
     return (host, port) if 0 < port < 65536 else None
 
 
-def parse_upstream(text: object) -> tuple | None:
-    """``1.2.3.4:53`` / ``[::1]:53`` (also with ``udp://`` or ``dns://``) -> (host, port);
-    ``tls://1.2.3.4[:853][#name]`` -> (host, port, name) where name is the name the
-    certificate must carry ("" = the address). None if it is neither."""
+class UpstreamAddress(NamedTuple):
+    """One ``dns.upstreams`` entry."""
+
+    host: str
+    port: int
+    tls_name: str | None = None  # None: plain DNS; else DoT, the name to verify ("" = the address)
+
+    @property
+    def text(self) -> str:
+        """As configured: ``1.2.3.4:53``, ``[::1]:53``, ``tls://1.2.3.4:853#name``."""
+        addr = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        if self.tls_name is None:
+            return addr
+        return f"tls://{addr}" + (f"#{self.tls_name}" if self.tls_name else "")
+
+
+def parse_upstream(text: object) -> UpstreamAddress | None:
+    """``1.2.3.4:53`` / ``[::1]:53`` (also with ``udp://`` or ``dns://``) -> plain DNS;
+    ``tls://1.2.3.4[:853][#name]`` -> DoT, where name is the name the certificate must
+    carry ("" = the address). None if it is neither."""
     if not isinstance(text, str):
         return None
     t = text.strip()
-    if t.startswith(("udp://", "dns://")):
-        return parse_hostport(t.split("://", 1)[1])
     if not t.startswith("tls://"):
-        return parse_hostport(t)
+        hp = parse_hostport(t.split("://", 1)[1] if t.startswith(("udp://", "dns://")) else t)
+        return UpstreamAddress(*hp) if hp is not None else None
     rest = t[len("tls://"):]
     rest, _, name = rest.partition("#")
     hp = parse_hostport(rest, DOT_PORT)
     if hp is None or (name and not hostname_ok(name)):
         return None
-    return hp[0], hp[1], name.lower().rstrip(".")
+    return UpstreamAddress(hp[0], hp[1], name.lower().rstrip("."))
 
 
 def hostname_ok(name: str) -> bool:

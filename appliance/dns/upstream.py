@@ -24,10 +24,11 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.config.values import UpstreamAddress
 from appliance.dns.dot import DotConnection, tls_context
 from appliance.dns.pipeline import Forward
 from appliance.observe.stats import StatsSlot
@@ -45,13 +46,9 @@ BACKOFF_FIRST, BACKOFF_MAX = 2.0, 60.0
 _RECV = 65535
 
 
-def upstream_text(u: tuple) -> str:
+def upstream_text(u: UpstreamAddress | tuple) -> str:
     """An upstream as configured: ``1.2.3.4:53``, ``[::1]:53``, ``tls://1.2.3.4:853#name``."""
-    host, port = u[0], u[1]
-    addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if len(u) > 2:
-        return f"tls://{addr}" + (f"#{u[2]}" if u[2] else "")
-    return addr
+    return UpstreamAddress(*u).text
 
 
 @dataclass
@@ -68,8 +65,8 @@ class Upstream:
     dot: DotConnection | None = field(default=None, repr=False)
 
     @property
-    def key(self) -> tuple:
-        return (self.host, self.port) if self.tls_name is None else (self.host, self.port, self.tls_name)
+    def key(self) -> UpstreamAddress:
+        return UpstreamAddress(self.host, self.port, self.tls_name)
 
     @property
     def family(self) -> int:
@@ -81,7 +78,7 @@ class Upstream:
 
 
 class UpstreamSet:
-    def __init__(self, addresses: tuple[tuple, ...], timeout: float, *, tls_ca: str | Path | None = None,
+    def __init__(self, addresses: Sequence[UpstreamAddress | tuple], timeout: float, *, tls_ca: str | Path | None = None,
                  rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout = timeout
         self.rng = rng or random.SystemRandom()
@@ -92,7 +89,7 @@ class UpstreamSet:
         self.upstreams: list[Upstream] = []
         self.update(addresses, timeout, tls_ca=tls_ca)
 
-    def update(self, addresses: tuple[tuple, ...], timeout: float, *, tls_ca: str | Path | None = None) -> None:
+    def update(self, addresses: Sequence[UpstreamAddress | tuple], timeout: float, *, tls_ca: str | Path | None = None) -> None:
         """New addresses from a reloaded config; health (and DoT connections) of the ones
         kept is kept."""
         if tls_ca != self.tls_ca:
@@ -104,9 +101,10 @@ class UpstreamSet:
         self.tls_ca = tls_ca
         old = {u.key: u for u in self.upstreams}
         new = []
-        for i, a in enumerate(addresses):
-            kept = old.pop(tuple(a), None)
-            u = kept if kept is not None else Upstream(a[0], a[1], a[2] if len(a) > 2 else None)
+        for i, given in enumerate(addresses):
+            a = UpstreamAddress(*given)  # (host, port) or (host, port, tls name) from tests too
+            kept = old.pop(a, None)
+            u = kept if kept is not None else Upstream(a.host, a.port, a.tls_name)
             u.index = i
             new.append(u)
         for u in old.values():

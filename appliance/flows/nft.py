@@ -44,11 +44,13 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from filters.errors import EnvironmentFault
 
 __all__ = ["TABLE", "FAMILY", "DOH_CATEGORY", "MAX_SET_ELEMENTS", "PolicyCidrs", "RulesetSpec",
-           "ruleset_script", "capture_script", "capture_chain", "policy_cidrs", "category_cidrs", "flow_element",
+           "ruleset_script", "capture_script", "capture_chain", "policy_cidrs", "CategoryCidrs", "category_cidrs",
+           "flow_element",
            "Nft", "CAPTURE_TCP_PORTS", "CAPTURE_TCP_PACKETS", "CAPTURE_UDP_PACKETS", "SNAPLEN"]
 
 TABLE = "schoolgate"
@@ -77,6 +79,13 @@ CAPTURE_UDP_PACKETS = 4
 # (appliance/flows/nflog.py QTHRESH): batching messages would delay every verdict.
 SNAPLEN = 20 * 1024 + 4096 + 256
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class CategoryCidrs(NamedTuple):
+    """What a category mask blocks by address (category_cidrs; unpacks as ``v4, v6``)."""
+
+    v4: list[ipaddress.IPv4Network]
+    v6: list[ipaddress.IPv6Network]
 
 
 @dataclass(frozen=True)
@@ -198,7 +207,7 @@ def ruleset_script(spec: RulesetSpec) -> str:
     return "".join(out)
 
 
-def category_cidrs(cidr_matcher, mask: int) -> tuple[list[ipaddress.IPv4Network], list[ipaddress.IPv6Network]]:
+def category_cidrs(cidr_matcher, mask: int) -> CategoryCidrs:
     """(v4, v6) CIDRs the bundle blocks under a category ``mask``: every entry whose
     categories meet it minus the allow entries inside it (docs/matching.md: an allow at least as
     specific as the block wins), collapsed. Exact: an address is blocked iff some blocking
@@ -229,7 +238,7 @@ def category_cidrs(cidr_matcher, mask: int) -> tuple[list[ipaddress.IPv4Network]
         out.extend(parts)
     v4 = list(ipaddress.collapse_addresses(n for n in out if n.version == 4))
     v6 = list(ipaddress.collapse_addresses(n for n in out if n.version == 6))
-    return v4, v6
+    return CategoryCidrs(v4, v6)
 
 
 def policy_cidrs(built) -> tuple[PolicyCidrs, ...]:
@@ -238,7 +247,7 @@ def policy_cidrs(built) -> tuple[PolicyCidrs, ...]:
     ``clients`` empty; the catch-all default applies to every other client."""
     cidr = built.bundle.cidr_matcher()
     nets = built.policies.networks
-    cache: dict[int, tuple[list[ipaddress.IPv4Network], list[ipaddress.IPv6Network]]] = {}
+    cache: dict[int, CategoryCidrs] = {}
     clients: dict[str, list[str]] = {}
     for net, name in nets.ordered():
         clients.setdefault(name, []).append(str(net))

@@ -281,9 +281,9 @@ def test_disk_full_on_the_state_dir(bed) -> None:
             api = bed.api_status()
             if api is not None and api.get("system", {}).get("disk"):
                 assert api["system"]["disk"]["free"] < 1 << 20  # the status page shows the full disk
+            wait_for(lambda: loop.sent > 100, DEADLINE, "queries while the disk is full")
         finally:
             loop.stop()
-            wait_for(lambda: loop.sent > 100, DEADLINE, "queries while the disk is full")
         record_metric("disk_full", queries=loop.sent, failed=len(loop.failed))
         assert loop.failed == [] and loop.sent > 100, loop.failed[:5]
     finally:

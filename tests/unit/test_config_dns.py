@@ -10,7 +10,7 @@ import pytest
 
 from appliance.cli import main
 from appliance.config.load import ConfigErrors, load_config
-from appliance.config.values import parse_hostport
+from appliance.config.values import UpstreamAddress, parse_hostport
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ policies:
 """)
     cfg = load_config(f)
     d = cfg.dns
-    assert d.listen == (("127.0.0.1", 5300), ("::1", 5300)) and d.upstreams == (("127.0.0.1", 5399),)
+    assert d.listen == (("127.0.0.1", 5300), ("::1", 5300)) and d.upstreams == (UpstreamAddress("127.0.0.1", 5399),)
     assert (d.block_mode, d.blockpage, d.upstream_timeout, d.cache_size) == ("blockpage", ("192.0.2.1",), 0.25, 50)
     assert (d.rate_limit, d.rate_burst) == (10.0, 20.0)
     assert cfg.networks[0].cidrs == ("10.0.0.0/8", "fd00::/8") and cfg.networks[0].policy == "students"

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config.load import load_config
+from appliance.config.values import UpstreamAddress
 from appliance.dns.upstream import upstream_text
 from filters.errors import ConfigError
 
@@ -17,8 +18,9 @@ def test_plain_and_tls_upstreams(tmp_path: Path) -> None:
     f.write_text('dns:\n  upstreams: ["127.0.0.1:5399", "tls://127.0.0.1:8853#Dns.Example.", "tls://[::1]",\n'
                  '              "tls://192.0.2.1#dns.example"]\n  tls_ca: ca.pem\n')
     d = load_config(f).dns
-    assert d.upstreams == (("127.0.0.1", 5399), ("127.0.0.1", 8853, "dns.example"), ("::1", 853, ""),
-                           ("192.0.2.1", 853, "dns.example"))
+    assert d.upstreams == (UpstreamAddress("127.0.0.1", 5399), UpstreamAddress("127.0.0.1", 8853, "dns.example"),
+                           UpstreamAddress("::1", 853, ""), UpstreamAddress("192.0.2.1", 853, "dns.example"))
+    assert [u.tls_name for u in d.upstreams] == [None, "dns.example", "", "dns.example"]
     assert d.tls_ca == (tmp_path / "ca.pem").resolve()
     assert [upstream_text(u) for u in d.upstreams] == ["127.0.0.1:5399", "tls://127.0.0.1:8853#dns.example",
                                                        "tls://[::1]:853", "tls://192.0.2.1:853#dns.example"]

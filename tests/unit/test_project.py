@@ -126,3 +126,16 @@ def test_the_shared_data_allowance_is_used_once() -> None:
     conftest = (ROOT / "tests" / "conftest.py").read_text()
     assert 'os.environ.get("SCHOOLGATE_SHARED_DATA")' in conftest
     assert 'os.environ.get("SCHOOLGATE_SHARED_DATA")' in (ROOT / "benchmarks" / "_common.py").read_text()
+
+
+def test_the_image_pins_every_dependency() -> None:
+    """image/build.sh installs exactly the versions in image/constraints.txt: a dependency
+    added to pyproject.toml without a pin there would fail the image build (or float)."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = {re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
+    pins = {line.split("==")[0].strip().lower().replace("_", "-")
+            for line in (ROOT / "image" / "constraints.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")}
+    assert wanted - pins == set(), f"not pinned in image/constraints.txt: {sorted(wanted - pins)}"
