@@ -46,7 +46,7 @@ def load_schema() -> dict:
 def _validator() -> Any:
     # Imported on the first config load, not with this module: ~70 ms that commands needing
     # only the Config type (status, lookup) do not pay.
-    from jsonschema import Draft202012Validator, validators  # type: ignore[import-untyped]
+    from jsonschema import Draft202012Validator, validators
 
     # A whole number is an int: YAML's 5.0 is a float, and the code downstream indexes with it.
     checker = Draft202012Validator.TYPE_CHECKER.redefine(

@@ -78,8 +78,9 @@ class Upstream:
 
 
 class UpstreamSet:
-    def __init__(self, addresses: Sequence[UpstreamAddress | tuple], timeout: float, *, tls_ca: str | Path | None = None,
-                 rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, addresses: Sequence[UpstreamAddress | tuple], timeout: float, *,
+                 tls_ca: str | Path | None = None, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout = timeout
         self.rng = rng or random.SystemRandom()
         self.clock = clock
@@ -89,7 +90,8 @@ class UpstreamSet:
         self.upstreams: list[Upstream] = []
         self.update(addresses, timeout, tls_ca=tls_ca)
 
-    def update(self, addresses: Sequence[UpstreamAddress | tuple], timeout: float, *, tls_ca: str | Path | None = None) -> None:
+    def update(self, addresses: Sequence[UpstreamAddress | tuple], timeout: float, *,
+               tls_ca: str | Path | None = None) -> None:
         """New addresses from a reloaded config; health (and DoT connections) of the ones
         kept is kept."""
         if tls_ca != self.tls_ca:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from appliance.web.http import MAX_BODY, MAX_HEAD, HttpError, Request, RequestParser, Response
 

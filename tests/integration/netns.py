@@ -30,7 +30,7 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -131,7 +131,7 @@ class Namespace:
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=_DEFAULT_TIMEOUT)
         self.closed = True
 
-    def __enter__(self) -> "Namespace":
+    def __enter__(self) -> Namespace:
         return self
 
     def __exit__(self, *exc) -> None:

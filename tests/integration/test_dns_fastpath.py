@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-dns = pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
+pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
 import dns.message  # noqa: E402
 
 from appliance.dns.cache import ArrayCache  # noqa: E402
@@ -126,7 +126,7 @@ def exchange(host: str, port: int, packets: list[bytes], timeout: float = DEADLI
         while len(got) < len(packets) and time.monotonic() < deadline:
             try:
                 data = s.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             got[struct.unpack(">H", data[:2])[0]] = data
     return got
@@ -194,7 +194,8 @@ def test_bursts_fill_batches(servers) -> None:
         before = dict(fast.fast.stats)
     got = {}
     for burst in range(4):  # 150 at a time (the socket's default buffer holds 256 such queries)
-        qs = [query("casino.test" if i % 2 else "a.allowed.example", qid=i) for i in range(150 * burst, 150 * burst + 150)]
+        qs = [query("casino.test" if i % 2 else "a.allowed.example", qid=i)
+              for i in range(150 * burst, 150 * burst + 150)]
         got.update(exchange("127.0.0.1", port, qs, loop=loop))  # the burst queued while the server waits
     assert len(got) == 600
     with paused(loop):

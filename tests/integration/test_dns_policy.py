@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -107,7 +107,7 @@ def test_temporary_allow_applies_and_expires(env) -> None:
     sg = start_schoolgate(cfg, tmp, port)
     try:
         assert ("status", "NXDOMAIN", "") in dig(port, "casino.test")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         until = now + timedelta(seconds=8)  # long enough to be seen in force on a loaded machine
         ta.add(tmp / "state", "casino.test", "default", until, "test", now)
         wait_for(lambda: ("status", "NXDOMAIN", "") not in dig(port, "casino.test"), what="the allow in force")
@@ -115,7 +115,7 @@ def test_temporary_allow_applies_and_expires(env) -> None:
         assert ("status", "NXDOMAIN", "") in dig(port, "casino.test", source="127.0.0.3")  # not for staff
         wait_for(lambda: ("status", "NXDOMAIN", "") in dig(port, "casino.test"), what="the allow to expire")
         # not before its time (the file keeps whole seconds)
-        assert datetime.now(timezone.utc) >= until - timedelta(seconds=1)
+        assert datetime.now(UTC) >= until - timedelta(seconds=1)
     finally:
         sg.stop()
         ta.remove(tmp / "state", "casino.test", "default")
@@ -157,7 +157,7 @@ def test_schedule_switch_with_injected_clock(env, tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "c.yaml"
     cfg.write_text(SCHEDULED.format(tmp=tmp, port=port, upstream=up))
-    clock = FakeClock(datetime(2024, 4, 1, 5, 59, tzinfo=timezone.utc))  # Monday 07:59 Paris
+    clock = FakeClock(datetime(2024, 4, 1, 5, 59, tzinfo=UTC))  # Monday 07:59 Paris
 
     async def main() -> list[str]:
         svc = Service(Assembly(str(cfg)), owner=False)
@@ -181,9 +181,9 @@ def test_schedule_switch_with_injected_clock(env, tmp_path: Path) -> None:
 
         try:
             seen.append(await status_after(clock.t))
-            seen.append(await status_after(datetime(2024, 4, 1, 6, 0, tzinfo=timezone.utc)))  # 08:00
-            seen.append(await status_after(datetime(2024, 4, 1, 14, 0, tzinfo=timezone.utc)))  # 16:00
-            seen.append(await status_after(datetime(2024, 4, 6, 9, 0, tzinfo=timezone.utc)))  # Saturday 11:00
+            seen.append(await status_after(datetime(2024, 4, 1, 6, 0, tzinfo=UTC)))  # 08:00
+            seen.append(await status_after(datetime(2024, 4, 1, 14, 0, tzinfo=UTC)))  # 16:00
+            seen.append(await status_after(datetime(2024, 4, 6, 9, 0, tzinfo=UTC)))  # Saturday 11:00
         finally:
             svc.stop()
             await asyncio.wait_for(task, DEADLINE)

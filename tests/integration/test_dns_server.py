@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-dns = pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
+pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
 import dns.flags  # noqa: E402
 import dns.message  # noqa: E402
 import dns.query  # noqa: E402
@@ -23,8 +23,7 @@ import dns.rdatatype  # noqa: E402
 
 from tests.bundles import make_bundle  # noqa: E402
 from tests.dnsdata import malformed, query  # noqa: E402
-from tests.dnsservers import (free_port, have_ipv6_loopback, need_tools, start_dnsmasq,  # noqa: E402
-                              start_schoolgate)
+from tests.dnsservers import free_port, have_ipv6_loopback, need_tools, start_dnsmasq, start_schoolgate  # noqa: E402
 from tests.wait import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -165,7 +164,7 @@ def test_malformed_packets_then_still_serving(env) -> None:
             s.sendto(buf, ("127.0.0.1", port))
             try:
                 data = s.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 assert len(buf) < 12, f"{label}: no answer"
                 continue
             assert len(buf) >= 12 and data[:2] == buf[:2] and data[3] & 0xF == 1, label  # FORMERR

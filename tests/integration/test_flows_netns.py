@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -88,7 +88,10 @@ UDP_SCRIPT = textwrap.dedent("""
     name, dst, sport, expect = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
     deadline = time.monotonic() + float(sys.argv[6])
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", sport)); u.settimeout(2.0)
-    payload = quic_initial(os.urandom(8), crypto_frame(0, client_hello(name.encode()))) if name != "-" else b"\\xc0" + bytes(1250)
+    if name != "-":
+        payload = quic_initial(os.urandom(8), crypto_frame(0, client_hello(name.encode())))
+    else:
+        payload = b"\\xc0" + bytes(1250)
     while True:
         u.sendto(payload, (dst, 443))
         try:
@@ -104,11 +107,12 @@ UDP_SCRIPT = textwrap.dedent("""
 
 
 def _bundle(tmp: Path) -> Path:
+    import secrets
+    from datetime import datetime
+
     from signatures.bundle import write_bundle
     from signatures.compile import compile_sources
     from signatures.sources import load_sources
-    import secrets
-    from datetime import datetime, timezone
 
     src = tmp / "src"
     src.mkdir()
@@ -126,7 +130,7 @@ def _bundle(tmp: Path) -> Path:
         allow: [{{path: allow.txt, format: domains}}]
         canaries: {{block: [{BLOCKED}], allow: [{ALLOWED}]}}
         """))
-    c = compile_sources(load_sources(src / "sources.yaml"), now=datetime.now(timezone.utc),
+    c = compile_sources(load_sources(src / "sources.yaml"), now=datetime.now(UTC),
                         new_key=lambda: (secrets.randbits(64), secrets.randbits(64)))
     return write_bundle(tmp / "bundle", c.arrays, c.manifest)
 

@@ -10,19 +10,25 @@ import json
 import os
 import signal
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-dns = pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
+pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
 import dns.rcode  # noqa: E402
 
 from signatures.keys import Keyring  # noqa: E402
 from signatures.repository import publish  # noqa: E402
 from tests.integration.netns import DEADLINE, wait_for  # noqa: E402
-from tests.integration.testbed import (HTTPS_ADDRS, STALE_ADDR, STALE_NAME, QueryLoop,  # noqa: E402
-                                       bed, record_metric)  # noqa: F401
+from tests.integration.testbed import (  # noqa: E402
+    HTTPS_ADDRS,
+    STALE_ADDR,
+    STALE_NAME,
+    QueryLoop,
+    bed,  # noqa: F401
+    record_metric,
+)
 from tests.repo_server import Fault  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -157,7 +163,7 @@ def test_expired_repository_is_refused(bed) -> None:
     bed.ensure_running()
     active = _serving(bed)
     nxt = bed.version + 1
-    old = datetime.now(timezone.utc) - timedelta(days=2)
+    old = datetime.now(UTC) - timedelta(days=2)
     publish(bed.repo, bed.build_bundle(nxt), Keyring(bed.keys), old)
     st = _check_and_wait(bed, lambda s: s["updates"]["last_result"] in ("failed", "refused"), DEADLINE,
                          "the expired repository to be refused")
@@ -312,7 +318,8 @@ def test_clock_far_in_the_future(bed) -> None:
     finally:
         bed.stop()
         bed.start()
-    _check_and_wait(bed, lambda s: s["updates"]["last_result"] == "updated", DEADLINE, "the update once the time is right")
+    _check_and_wait(bed, lambda s: s["updates"]["last_result"] == "updated", DEADLINE,
+                    "the update once the time is right")
 
 
 def test_clock_far_in_the_past(bed) -> None:

@@ -12,16 +12,15 @@ from __future__ import annotations
 import importlib.util
 import signal
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-dns = pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
+pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
 import dns.rcode  # noqa: E402
 
 from tests.integration.netns import DEADLINE, wait_for  # noqa: E402
-from tests.integration.testbed import (HTTPS_ADDRS, SAFE_ZONE, QueryLoop, bed,  # noqa: E402,F401
-                                       feature_skip, record_metric)
+from tests.integration.testbed import HTTPS_ADDRS, SAFE_ZONE, QueryLoop, bed, feature_skip, record_metric  # noqa: E402,F401
 
 pytestmark = pytest.mark.slow
 
@@ -188,7 +187,7 @@ def test_schedule_switches_policy_at_the_given_time(bed) -> None:
     try:
         bed.stop()
         bed.config.write_text(text)
-        eight = datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc)  # a Monday
+        eight = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)  # a Monday
         for lead in (8, 24, 72, 216):  # seconds of faked clock before 08:00 when it starts
             spawned = time.monotonic()
             bed.start(env=dict(bed.faketime_env(f"@{eight - timedelta(seconds=lead):%Y-%m-%d %H:%M:%S}"), TZ="UTC"))
@@ -217,19 +216,19 @@ def test_temporary_allow_expires_on_time(bed) -> None:
 
     bed.ensure_running()
     assert bed.rcode("client", "casino.test") == "NXDOMAIN"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     until = (now + timedelta(seconds=10)).replace(microsecond=0)  # the file keeps whole seconds
     temporary_allow.add(bed.state, "casino.test", "students", until, "testbed", now)
     try:
         # Every serving process (both workers) follows the file within WATCH_PERIOD (0.5 s):
         # ten answers in a row allowed, the name and below, whichever worker answers.
         got = wait_for(lambda: (g := [bed.rcode("client", n) for n in ("casino.test", "www.casino.test") * 5])
-                       == ["NOERROR"] * 10 or datetime.now(timezone.utc) >= until and g, DEADLINE,
+                       == ["NOERROR"] * 10 or datetime.now(UTC) >= until and g, DEADLINE,
                        "both workers to follow the allow")
         assert got is True, f"the allow never applied to every answer before its end: {got}"
         assert bed.rcode("staff", "doh.resolver.test") == "NXDOMAIN"  # other names untouched
         wait_for(lambda: bed.rcode("client", "casino.test") == "NXDOMAIN", DEADLINE, "the allow to expire")
-        early = (until - datetime.now(timezone.utc)).total_seconds()
+        early = (until - datetime.now(UTC)).total_seconds()
         assert early <= 0.3, f"blocked again {early:.2f} s before its end"  # not early
         wait_for(lambda: [bed.rcode("client", "casino.test") for _ in range(10)] == ["NXDOMAIN"] * 10, DEADLINE,
                  "both workers to block again")

@@ -156,9 +156,8 @@ def test_dotprefix_suffix_semantics(tmp_path: Path) -> None:
     if not (SV / "tests" / "detect-dotprefix-03").is_dir():
         pytest.skip(f"{SV} (suricata-verify pcaps) not found: set SCHOOLGATE_SHARED_DATA to a copy of "
                     "the public lists and pcaps")
-    from signatures.bundle import open_bundle
-
     from filters.verdicts import Verdicts
+    from signatures.bundle import open_bundle
 
     bundle = make_bundle(tmp_path / "b", 1, extra=("google.com", "windowsupdate.com"))
     verdicts = Verdicts(open_bundle(bundle).domain_matcher(), (1 << 64) - 1)

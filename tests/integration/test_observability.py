@@ -10,12 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-dns = pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
+pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
 import dns.message  # noqa: E402
 import dns.query  # noqa: E402
 import dns.rcode  # noqa: E402
@@ -81,7 +81,7 @@ def wait_for(pred, timeout: float, what: str):
 def send_from_many_ports(port: int, names: list[str]) -> int:
     """Each query from a fresh socket (a new source port); returns how many were answered."""
     answered = 0
-    for i, name in enumerate(names):
+    for name in names:
         q = dns.message.make_query(name, "A")
         try:
             dns.query.udp(q, "127.0.0.1", port=port, timeout=10)
@@ -155,7 +155,7 @@ def tcp_ask(port: int, name: str, source: str = "127.0.0.1") -> dns.message.Mess
 
 
 def log_lines(state: Path) -> list[dict]:
-    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
     path = state / "logs" / f"queries-{day}.jsonl"
     if not path.exists():
         return []

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -142,7 +142,7 @@ def _wait(cond, run, limit: float) -> bool:
 
 
 def test_kill_9_during_updates_never_leaves_an_invalid_state(tmp_path: Path) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     keys, repo, state = tmp_path / "keys", tmp_path / "repo", tmp_path / "state"
     generate_keys(keys)
     publish(repo, make_bundle(tmp_path / "b1", 1, now=now), Keyring(keys), now)
@@ -160,7 +160,7 @@ def test_kill_9_during_updates_never_leaves_an_invalid_state(tmp_path: Path) -> 
         shutil.copytree(state, pristine, symlinks=True)
         big = make_bundle(tmp_path / "b2", 2, now=now,
                           extra=tuple(f"n{i}.k{i % 977}.test" for i in range(EXTRA_NAMES)))
-        publish(repo, big, Keyring(keys), datetime.now(timezone.utc))
+        publish(repo, big, Keyring(keys), datetime.now(UTC))
         target = load_repo(repo).bundle_target
         name = bundle_dir_name(2, target.hashes["sha256"])
         assert target.length > 2_000_000
@@ -189,7 +189,7 @@ def test_kill_9_during_updates_never_leaves_an_invalid_state(tmp_path: Path) -> 
             if phase == "anywhere":
                 hit = not _wait(lambda: False, run, rng.uniform(0.0, full[kind]))
             elif phase == "download":
-                hit = _wait(lambda: len(server.fetched("/targets/*")) > seen, run, 30)
+                hit = _wait(lambda seen=seen: len(server.fetched("/targets/*")) > seen, run, 30)
                 hit = hit and not _wait(lambda: False, run, rng.uniform(0, DOWNLOAD_S))
             elif phase == "unpack":
                 hit = _wait(lambda: (state / "staging" / name).exists(), run, 30)

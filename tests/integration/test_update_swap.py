@@ -12,12 +12,12 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-dns = pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
+pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
 import dns.message  # noqa: E402
 import dns.query  # noqa: E402
 import dns.rcode  # noqa: E402
@@ -52,7 +52,7 @@ class Upstream:
         while not self.stopping.is_set():
             try:
                 data, addr = self.sock.recvfrom(4096)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             q = dns.message.from_wire(data)
             r = dns.message.make_response(q)
@@ -77,7 +77,7 @@ class Stream:
     answers: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     stopping: threading.Event = field(default_factory=threading.Event)
 
-    def start(self) -> "Stream":
+    def start(self) -> Stream:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         return self
@@ -139,7 +139,7 @@ def status(config: Path) -> dict:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_publish_during_steady_queries_swaps_with_zero_failures(tmp_path: Path, workers: int) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     keys, repo = tmp_path / "keys", tmp_path / "repo"
     generate_keys(keys)
     publish(repo, make_bundle(tmp_path / "b1", 1, now=now), Keyring(keys), now)
@@ -173,8 +173,8 @@ updates:
         wait_for(lambda: stream.last("v2.test") == "allow" and stream.last("casino.test") == "block", DEADLINE,
                  "answers under version 1", sg)
         before = stream.sent
-        publish(repo, make_bundle(tmp_path / "b2", 2, now=datetime.now(timezone.utc)), Keyring(keys),
-                datetime.now(timezone.utc))
+        publish(repo, make_bundle(tmp_path / "b2", 2, now=datetime.now(UTC)), Keyring(keys),
+                datetime.now(UTC))
         t0 = time.monotonic()
         wait_for(lambda: stream.last("v2.test") == "block", DEADLINE, "v2.test to be blocked", sg)
         took = time.monotonic() - t0

@@ -15,12 +15,12 @@ import socket
 import subprocess
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-dns = pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
+pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
 import dns.message  # noqa: E402
 import dns.name  # noqa: E402
 import dns.query  # noqa: E402
@@ -525,7 +525,7 @@ def test_update_now_and_temporary_allow(env) -> None:
     first = read_update_state(env["state"]).get("last_check")  # interval 7d: no check is due
     if first:  # last_check has a resolution of one second: wait for the next one
         since = datetime.fromisoformat(first.replace("Z", "+00:00")) + timedelta(seconds=1)
-        wait_for(lambda: datetime.now(timezone.utc) >= since, what="the next second")
+        wait_for(lambda: datetime.now(UTC) >= since, what="the next second")
     status, _, body = request(env["web"], "POST", "/api/update", "", {"Cookie": cookie, "X-CSRF-Token": csrf})
     assert status == 200 and json.loads(body)["ok"]
     deadline = time.monotonic() + DEADLINE

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-dns = pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
+pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
 playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install -e '.[test]')")
 import dns.message  # noqa: E402
 import dns.name  # noqa: E402

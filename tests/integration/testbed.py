@@ -37,9 +37,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -85,7 +85,7 @@ _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 # Every bed still open, for atexit (a test process killed by pytest's -x or Ctrl-C).
-_OPEN: list["Bed"] = []
+_OPEN: list[Bed] = []
 
 
 def record_metric(name: str, **values: object) -> None:
@@ -767,7 +767,7 @@ class QueryLoop:
     answers: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     stopping: threading.Event = field(default_factory=threading.Event)
 
-    def start(self) -> "QueryLoop":
+    def start(self) -> QueryLoop:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         return self
@@ -792,7 +792,8 @@ class QueryLoop:
                     continue
                 if rcode not in ("NOERROR", "NXDOMAIN"):
                     self.failed.append(f"{time.monotonic() - t0:.2f}s {name}: {rcode}")
-                self.answers.setdefault(name, []).append((time.monotonic(), "block" if rcode == "NXDOMAIN" else "allow"))
+                verdict = "block" if rcode == "NXDOMAIN" else "allow"
+                self.answers.setdefault(name, []).append((time.monotonic(), verdict))
                 ahead = t0 + i / self.rate - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)
@@ -880,7 +881,8 @@ while True:
         time.sleep(0.0005)
 took = time.monotonic() - t0
 time.sleep(1.0); stop.set(); t.join(2)
-print(json.dumps({"sent": sent, "answered": got[0], "seconds": round(took, 3), "rate": round(sent / took), "send_errors": errs}))
+print(json.dumps({"sent": sent, "answered": got[0], "seconds": round(took, 3), "rate": round(sent / took),
+                  "send_errors": errs}))
 """
 
 

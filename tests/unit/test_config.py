@@ -29,7 +29,8 @@ def test_every_error_is_reported(tmp_path: Path) -> None:
         load_config(f)
     lines = str(info.value).splitlines()
     assert lines == [
-        f"{f}:1:1: unknown key 'colour' (known: bundle, dns, flows, local, log, networks, no_bundle, policies, state_dir, timezone, updates, web)",
+        f"{f}:1:1: unknown key 'colour' (known: bundle, dns, flows, local, log, networks, no_bundle, policies, "
+        "state_dir, timezone, updates, web)",
         f"{f}:2:9: bundle must be a path",
         f"{f}:4:20: local.block[1]: bad character ' ': 'bad name'",
     ]

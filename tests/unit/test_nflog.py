@@ -115,12 +115,12 @@ KERNEL_SCRIPT = textwrap.dedent("""
 
 
 def test_kernel_round_trip_in_a_namespace(tmp_path) -> None:
-    from tests.integration.netns import namespaces, require_netns
+    from tests.integration.netns import DEADLINE, namespaces, require_netns
 
     require_netns("nft")
     (tmp_path / "k.py").write_text(KERNEL_SCRIPT)
     with namespaces("nflog") as (ns,):
-        out = ns.run(sys.executable, str(tmp_path / "k.py"), str(ROOT), timeout=20).stdout
+        out = ns.run(sys.executable, str(tmp_path / "k.py"), str(ROOT), timeout=DEADLINE).stdout
     res = json.loads(out)
     # EPERM: one socket per group and namespace (nfulnl_recv_config: the instance belongs to
     # another netlink port); auto capture then falls back to bpf

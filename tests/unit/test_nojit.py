@@ -34,7 +34,7 @@ KERNEL_TEST_FILES = [
 NOJIT_EXAMPLES = 50
 # Line coverage of the domain kernels reached by the pure-Python run.
 MIN_DOMAIN_KERNEL_COVERAGE = 90.0
-HANG_TIMEOUT = 1800.0  # seconds: a run that hangs, not a slow one (~40 s quiet, ~2.5 min loaded)
+HANG_TIMEOUT = 1800.0  # seconds: a run that hangs, not a slow one (each takes ~15 s on a quiet 2-core machine)
 
 
 @pytest.mark.slow

@@ -226,7 +226,8 @@ web:
     capture = stats.slot(SLOT_CAPTURE)
     for proto, action in (("tls", "block"), ("tls", None), ("quic", None), ("http", "reset"), ("dns", "monitor")):
         capture.add_flow(proto, action)
-    return WebApp(load_config(cfg_file), Assembly(str(cfg_file)), stats=stats, clock=lambda: NOW, mono=Clock(), root=board)
+    return WebApp(load_config(cfg_file), Assembly(str(cfg_file)), stats=stats, clock=lambda: NOW, mono=Clock(),
+                  root=board)
 
 
 def test_metrics_parse_with_prometheus_client(app: WebApp) -> None:
@@ -430,12 +431,15 @@ def test_block_page_and_unblock_requests(app: WebApp) -> None:
     page = run(app, req("GET", "/", cookie)).body.decode()
     assert "&lt;img src=x onerror=alert(1)&gt; please" in page and XSS not in page
     rid = stored[0]["id"]
-    r = run(app, req("POST", "/admin/unblock", cookie, body=f"csrf={csrf}&id={rid}&decision=temporary&duration=4h".encode()))
+    r = run(app, req("POST", "/admin/unblock", cookie,
+                     body=f"csrf={csrf}&id={rid}&decision=temporary&duration=4h".encode()))
     assert r.status == 200
     assert UnblockStore(app.state_dir).get(rid)["decision"] == "allowed (temporary)"
-    assert run(app, req("POST", "/admin/unblock", cookie, body=f"csrf={csrf}&id={rid}&decision=reject".encode())).status == 409
+    again = req("POST", "/admin/unblock", cookie, body=f"csrf={csrf}&id={rid}&decision=reject".encode())
+    assert run(app, again).status == 409
     other = UnblockStore(app.state_dir).all()[1]["id"]
-    assert run(app, req("POST", "/admin/unblock", cookie, body=f"csrf={csrf}&id={other}&decision=reject".encode())).status == 200
+    reject = req("POST", "/admin/unblock", cookie, body=f"csrf={csrf}&id={other}&decision=reject".encode())
+    assert run(app, reject).status == 200
 
 
 def test_unknown_and_wrong_method(app: WebApp) -> None:

@@ -140,7 +140,8 @@ def test_content_length_over_the_body_cap_is_413_before_any_body() -> None:
 
 
 @pytest.mark.parametrize("headers", [
-    ("Content-Length: 1", "Content-Length: 2"), ("Content-Length: 1, 2",), ("Content-Length: 2", "Content-Length: 1, 2"),
+    ("Content-Length: 1", "Content-Length: 2"), ("Content-Length: 1, 2",),
+    ("Content-Length: 2", "Content-Length: 1, 2"),
 ])
 def test_conflicting_content_lengths_are_400(headers: tuple[str, ...]) -> None:
     assert refused(post(*headers, body=b"xx")).status == 400
