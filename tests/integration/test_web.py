@@ -31,6 +31,7 @@ from appliance.web.http import MAX_BODY, MAX_HEAD, MAX_REQUEST_LINE, Request, Re
 from appliance.web.server import REQUEST_TIMEOUT, WebServer  # noqa: E402
 from tests.bundles import make_bundle  # noqa: E402
 from tests.dnsservers import free_port, start_dnsmasq, start_schoolgate  # noqa: E402
+from tests.promtool import promtool_check  # noqa: E402
 from tests.wait import DEADLINE, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -201,17 +202,6 @@ def metric_samples(body: bytes) -> tuple[dict, dict]:
     fams = list(text_string_to_metric_families(body.decode()))
     return ({f.name: f.type for f in fams},
             {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams for s in f.samples})
-
-
-def promtool_check(body: bytes) -> None:
-    """``promtool check metrics`` on a /metrics body: exit 0 and nothing on stdout or stderr
-    (its lint findings — a counter without _total, a non-base unit, no help — are printed)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not on PATH (Debian package prometheus; CI installs it)")
-    out = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=120,
-                         check=False)
-    assert (out.returncode, out.stdout.decode(), out.stderr.decode()) == (0, "", ""), body.decode()
 
 
 def poll_metrics(port: int, done, timeout: float = 20.0) -> tuple[bytes, dict, dict]:

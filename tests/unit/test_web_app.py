@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,6 +20,7 @@ from appliance.web.auth import LOGIN_FAILURES, hash_password
 from appliance.web.http import HttpError, Request, parse_head
 from appliance.web.metrics import render_metrics
 from tests.bundles import edit_manifest, make_bundle
+from tests.promtool import promtool_check
 
 PASSWORD = "correct horse battery"
 XSS = "<img src=x onerror=alert(1)>"
@@ -155,17 +154,6 @@ def metric_families(body: bytes) -> dict:
 
 def metric_samples(fams: dict) -> dict:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
-
-
-def promtool_check(body: bytes) -> None:
-    """``promtool check metrics`` on a /metrics body: exit 0 and nothing on stdout or stderr
-    (its lint findings — a counter without _total, a non-base unit, no help — are printed)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not on PATH (Debian package prometheus; CI installs it)")
-    out = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=120,
-                         check=False)
-    assert (out.returncode, out.stdout.decode(), out.stderr.decode()) == (0, "", ""), body.decode()
 
 
 # A category name (bundles name them) that needs every escape of the text format.
