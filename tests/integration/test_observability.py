@@ -207,24 +207,26 @@ def test_full_disk_degrades_logging_and_dns_goes_on(env) -> None:
                        .replace(f"bundle: {tmp}/bundle", f"bundle: {env['tmp']}/bundle"))
         sg = start_schoolgate(cfg, tmp, port, name="sg-full")
         try:
-            # ~200 B a line: 32 kB is full after ~160 lines; send far more, in bursts of 100
-            # until the status reports the log's write errors (flushes happen between bursts)
+            # ~200 B a line: 32 kB is full after ~160 lines; send far more. One line first,
+            # then bursts of 100, each once the log has flushed what came before (or the disk
+            # is full): some lines are written, the flushes after them fail.
             asked = answered = 0
 
-            def burst() -> dict | bool:
-                nonlocal asked, answered
-                for _ in range(100):
+            def on_disk() -> int:
+                return sum(f.stat().st_size for f in logs.glob("*.jsonl"))
+
+            for n in (1, 100, 100, 100, 100, 100, 99):
+                size = on_disk()
+                for _ in range(n):
                     r = tcp_ask(port, f"long-name-to-fill-the-disk-{asked:04d}.casino.test")
                     asked += 1
                     answered += r.rcode() == dns.rcode.NXDOMAIN  # blocked (block_mode nxdomain)
-                if asked < 600:
-                    return False
-                s = status(cfg)
-                return bool(s["dns"] and s["dns"]["query_log"]["errors"]) and s
-
-            st = wait_for(burst, DEADLINE, "the log errors in status")
-            assert answered == asked  # filtering never stopped
+                wait_for(lambda: on_disk() > size or os.statvfs(logs).f_bavail == 0, DEADLINE,  # noqa: B023
+                         "a flush of the query log")
+            assert answered == asked == 600  # filtering never stopped
             assert tcp_ask(port, "allowed.test").rcode() == dns.rcode.NOERROR
+            st = wait_for(lambda: (s := status(cfg))["dns"] and s["dns"]["query_log"]["errors"] and s, DEADLINE,
+                          "the log errors in status")
             q = st["dns"]["query_log"]
             assert q["written"] > 0 and q["errors"] > 0 and "ENOSPC" in (q["degraded"] or "")
             text = subprocess.run([sys.executable, "-m", "appliance.cli", "status", "--config", str(cfg)],

@@ -204,7 +204,7 @@ def metric_samples(body: bytes) -> tuple[dict, dict]:
             {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams for s in f.samples})
 
 
-def poll_metrics(port: int, done, timeout: float = 20.0) -> tuple[bytes, dict, dict]:
+def poll_metrics(port: int, done, timeout: float = DEADLINE) -> tuple[bytes, dict, dict]:
     """GET /metrics until ``done(samples)`` holds (or the deadline passes): (body, types, samples)."""
     deadline = time.monotonic() + timeout
     while True:
