@@ -31,7 +31,6 @@ import numpy as np
 
 from appliance.dns.cache import AnswerCache
 from appliance.dns.ratelimit import ClientLimiter
-from appliance.dns.slowpath import canonical_query
 from appliance.observe.querylog import QueryLog
 from appliance.observe.stats import FAST_WIDTH, StatsSlot
 from filters import _domain_kernels as K
@@ -326,6 +325,9 @@ class Pipeline:
         return render_cached(fwd.buf, fwd.query, norm, body, fwd.limit)
 
     def _slow(self, buf: bytes, client: str, udp: bool, q: Query | None) -> bytes | Forward | None:
+        # dnslib (~1 MB) is loaded by the first query that needs it, not by every server.
+        from appliance.dns.slowpath import canonical_query
+
 
         self.counters.slow_path += 1
         clean = canonical_query(buf, q)  # bytes of a plain query, or an answer (bytes) / None

@@ -26,13 +26,15 @@ import signal
 import socket
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from appliance.bundles.served import Builder, Built
 from appliance.child import die_with_parent, reap, signal_child, stop_child
 from appliance.config.load import Config
 from appliance.observe.stats import SharedStats
-from appliance.web.app import WebApp
-from appliance.web.server import WebServer
+
+if TYPE_CHECKING:
+    from appliance.web.app import WebApp
 
 __all__ = ["WebProcess", "start_web", "serve", "bind", "RESTART_MIN", "RESTART_MAX"]
 
@@ -63,6 +65,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 async def serve(app: WebApp, cfg: Config, parent: int | None = None, ready: asyncio.Event | None = None) -> int:
     """Run the web listeners of ``cfg`` for ``app`` until SIGTERM/SIGINT (or the parent is gone)."""
+    from appliance.web.server import WebServer  # see _child
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -104,6 +107,10 @@ def _child(builder: Builder, built: Built, stats: SharedStats | None, parent: in
     if not die_with_parent(parent):  # not Linux: the getppid check in serve() still ends us
         return 0
     cfg = built.cfg
+    # Imported here, in the child: the pages, the HTTP server and prometheus_client are ~13 MB
+    # that the owner process (the DNS server) would otherwise carry without using them.
+    from appliance.web.app import WebApp
+
     app = WebApp(cfg, builder, stats=stats, built=built)
     try:
         return asyncio.run(serve(app, cfg, parent))
