@@ -328,7 +328,6 @@ class Pipeline:
         # dnslib (~1 MB) is loaded by the first query that needs it, not by every server.
         from appliance.dns.slowpath import canonical_query
 
-
         self.counters.slow_path += 1
         clean = canonical_query(buf, q)  # bytes of a plain query, or an answer (bytes) / None
         if isinstance(clean, tuple):
