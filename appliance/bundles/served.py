@@ -42,8 +42,6 @@ class Built:
 class Builder(Protocol):
     """How a serving process gets a new :class:`Built` (implemented by appliance/compose.py)."""
 
-    config_path: str | None
-
     def config(self) -> Config:
         """Load the config file again (the embedded default without one), not built; raises
         ConfigErrors."""

@@ -101,11 +101,7 @@ def list_bundles(state_dir: str | Path) -> list[tuple[int, str]]:
 
 def read_update_state(state_dir: str | Path) -> dict:
     """The last written update state ({} when none or unreadable: it is only a report)."""
-    try:
-        data = json.loads((Path(state_dir) / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return _read_json(Path(state_dir) / STATE_FILE)
 
 
 def write_update_state(state_dir: str | Path, state: dict) -> None:
