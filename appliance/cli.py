@@ -1,4 +1,4 @@
-"""The ``schoolgate`` command (its subcommands: README.md "What works today").
+"""The ``schoolgate`` command (its subcommands: docs/deployment.md, "Commands").
 
 Human text by default, JSON with ``--json``; errors go to stderr, exit status 2 for bad
 input (naming file:line:col where there is one), 1 for other failures.
@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from filters.errors import InputError, SchoolgateError
+from filters.errors import ConfigError, InputError, SchoolgateError, Where
 
 __all__ = ["main"]
 
@@ -32,11 +32,14 @@ def _random_key() -> tuple[int, int]:
 
 
 def cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from signatures.bundle import write_bundle
+    from signatures.bundle import canary_problem, write_bundle
     from signatures.compile import compile_sources
     from signatures.sources import load_sources
 
     spec = load_sources(args.sources)
+    problem = canary_problem(spec.canaries)
+    if problem:  # refused now, not at publish after the whole compile
+        raise ConfigError(problem, Where(spec.file))
     t0 = time.perf_counter()
     total = len(spec.all_sources)
     done = [0]
@@ -97,9 +100,10 @@ def _policy_mask(catalog, args: argparse.Namespace) -> int:
     return catalog.mask(blocked_categories(p.block, p.allow_doh, catalog.categories))
 
 
-def _open_matcher(args: argparse.Namespace, err: TextIO):
-    """The matcher of --bundle, else of the bundle the config (or, with neither, the default
-    `schoolgate run`) serves: its own, the active signed one, else an installed demo."""
+def _open_matcher(args: argparse.Namespace):
+    """(bundle, domain matcher) of --bundle, else of the bundle the config (or, with neither,
+    the default `schoolgate run`) serves: its own, the active signed one, else an installed
+    demo. The caller notes a demo bundle (:func:`_demo_note`) once it has answers to give."""
     from signatures.bundle import open_bundle
 
     if args.bundle:
@@ -112,16 +116,33 @@ def _open_matcher(args: argparse.Namespace, err: TextIO):
         cfg = load_config(args.config) if args.config else load_run_config(None)
         found = resolve_bundle(cfg)
         if found is None:
-            how = (f"run `schoolgate update --once --config {args.config}`, or set bundle: in the config"
+            how = ((f"run `schoolgate update --once --config {args.config}`, or set bundle: in the config"
+                    if cfg.updates is not None else "add an updates: section (your district's repository) "
+                    "or set bundle: in the config")
                    if args.config else "run `schoolgate run` once (it installs the demo bundle), "
                    "or give --bundle DIR or --config PATH")
             raise InputError(f"no active bundle in {cfg.state_dir} yet: {how}")
         bundle, local = open_bundle(found.path), cfg
+    matcher = bundle.domain_matcher()
+    return bundle, (matcher.with_local(local.local_block, local.local_allow) if local else matcher)
+
+
+def _demo_note(bundle, err: TextIO) -> None:
+    """Said after everything that can fail before the answers (bundle, policy): an error
+    comes alone, not after a note about a bundle nothing was looked up in."""
     if bundle.demo:
         print(f"schoolgate: note: answers come from the DEMO bundle (version {bundle.version}: "
               "excerpts of public lists, not for real filtering)", file=err)
-    matcher = bundle.domain_matcher()
-    return matcher.with_local(local.local_block, local.local_allow) if local else matcher
+
+
+def _address(text: str):
+    """``text`` as an IP address (v4 or v6), else None: a name."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
 
 
 def _passphrase(args: argparse.Namespace) -> bytes | None:
@@ -163,6 +184,11 @@ def cmd_keygen(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return _print_result(args, out, err, text, {"keys": rows, "dir": str(args.out), "encrypted": bool(pw)})
 
 
+def _versions(versions: dict) -> str:
+    """``root 1, targets 2, snapshot 2, timestamp 2``: the metadata versions, for reading."""
+    return ", ".join(f"{role} {v}" for role, v in versions.items())
+
+
 def _result_json(r) -> dict:
     return {"version": r.version, "target": r.target_url_path, "length": r.length,
             "sha256": r.sha256, "metadata_versions": r.versions, "warnings": r.warnings}
@@ -172,8 +198,9 @@ def cmd_publish(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from signatures.repository import publish
 
     r = publish(args.repo, args.bundle, _keyring(args), _now())
-    text = (f"published bundle version {r.version} as targets/{r.target_url_path} ({r.length:,} bytes); "
-            f"metadata versions {r.versions}; devices trust {Path(args.repo) / 'metadata' / 'root.json'}")
+    text = (f"published bundle version {r.version} as targets/{r.target_url_path} ({r.length:,} bytes)\n"
+            f"metadata versions: {_versions(r.versions)}\n"
+            f"devices trust {Path(args.repo) / 'metadata' / 'root.json'} (their updates.trusted_root)")
     return _print_result(args, out, err, text, _result_json(r))
 
 
@@ -181,7 +208,7 @@ def cmd_refresh(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from signatures.repository import refresh
 
     r = refresh(args.repo, _keyring(args), _now())
-    text = f"re-signed snapshot and timestamp: metadata versions {r.versions}"
+    text = f"re-signed snapshot and timestamp\nmetadata versions: {_versions(r.versions)}"
     return _print_result(args, out, err, text, _result_json(r))
 
 
@@ -190,7 +217,7 @@ def cmd_rotate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     r = rotate_keys(args.repo, _keyring(args), args.role, _now(), add=args.add, revoke=args.revoke,
                     threshold=args.threshold)
-    text = f"new root version {r.versions['root']} for the {args.role} keys; metadata versions {r.versions}"
+    text = f"new root version {r.versions['root']} for the {args.role} keys\nmetadata versions: {_versions(r.versions)}"
     return _print_result(args, out, err, text, _result_json(r))
 
 
@@ -198,15 +225,21 @@ def cmd_update(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """One update check with --once; otherwise check at the configured interval (± jitter)
     until interrupted. The scheduler inside `schoolgate run` uses the same update_once."""
     from appliance.config.load import load_config
+    from appliance.policy.categories import refusal_reason
     from appliance.updates.state import read_update_state
     from appliance.updates.updater import update_once
+    from signatures.bundle import open_bundle
 
     cfg = load_config(args.config)
     if cfg.updates is None:
         raise InputError(f"{args.config}: no updates: section (repository, trusted_root)")
+
+    def accept(staged: Path) -> str | None:  # a bundle the config's policies can use
+        return refusal_reason(cfg, open_bundle(staged).catalog)
+
     while True:
         try:
-            o = update_once(cfg.state_dir, cfg.updates)
+            o = update_once(cfg.state_dir, cfg.updates, accept=accept)
         except SchoolgateError as exc:  # the state dir is unusable, or another update runs
             if args.once:
                 raise
@@ -237,6 +270,21 @@ def _report_update(args: argparse.Namespace, o, out: TextIO, err: TextIO) -> Non
               file=err, flush=True)
 
 
+def cmd_warm_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Compile the DNS kernels into numba's cache now (an image build, a package's
+    post-install), so that the first `run` loads them at once instead of compiling them
+    in the background (appliance/dns/startup.py)."""
+    from appliance.compose import build, load_run_config
+    from appliance.dns.fastpath import warm_up
+
+    t0 = time.monotonic()
+    built = build(load_run_config(args.config))
+    compiled = warm_up(built.matcher, built.policies)
+    what = "compiled" if compiled else "already in the cache, loaded"
+    print(f"DNS kernels {what} in {time.monotonic() - t0:.1f} s", file=out)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from appliance.compose import load_run_config
     from appliance.observe.status import collect_status, format_status
@@ -257,44 +305,60 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return run_service(args.config)
     except KeyboardInterrupt:
         return 0
-    except OSError as exc:  # a listen address in use or not ours
-        print(f"schoolgate: error: cannot listen: {exc}", file=err)
+    except OSError as exc:  # listen errors say their address (appliance/observe/holders.py)
+        print(f"schoolgate: error: {exc}", file=err)
         return 1
 
 
 def cmd_check_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Exit 0 when the config is valid; else 2 with every error as file:line:col."""
-    from appliance.compose import check_catalog, load_run_config, policy_errors
-    from appliance.config.load import ConfigErrors
+    """Exit 0 when the config is valid (warnings printed); else 2 with every error as
+    file:line:col — schema, semantic and bundle errors in one pass, in file order."""
+    from appliance.compose import category_check, check_catalog, load_run_config, policy_errors
+    from appliance.config.load import Config, ConfigErrors
     from filters.errors import ConfigError
 
     errors: list[ConfigError] = []
+    warnings: list[str] = []
+    cfg: Config | None = None
     try:
         cfg = load_run_config(args.path)
-        errors += policy_errors(cfg, check_catalog(cfg))
     except ConfigErrors as exc:
-        errors = list(exc.errors)
+        errors, cfg = list(exc.errors), exc.partial
     except ConfigError as exc:
         errors = [exc]
-    except SchoolgateError as exc:  # the configured bundle cannot be opened
-        errors = [ConfigError(exc.message, exc.where)]
+    if cfg is not None:  # what only the bundle can tell, also for a config with other errors
+        warnings = list(cfg.warnings)
+        try:
+            catalog, how = check_catalog(cfg)
+            bad, more = category_check(cfg, catalog, how)
+            warnings += more
+            errors += policy_errors(cfg, catalog) + bad
+        except SchoolgateError as exc:  # the configured bundle cannot be opened
+            errors.append(ConfigError(exc.message, exc.where))
+    errors.sort(key=lambda e: (e.where.line, e.where.col) if e.where else (0, 0))
     if args.json:
         print(json.dumps({"ok": not errors, "errors": [
             {"file": e.where.file if e.where else args.path, "line": e.where.line if e.where else 0,
-             "col": e.where.col if e.where else 0, "message": e.message} for e in errors]}), file=out)
+             "col": e.where.col if e.where else 0, "message": e.message} for e in errors],
+            "warnings": warnings}), file=out)
     else:
         for e in errors:
             print(str(e), file=err)
+        for w in warnings:
+            print(f"{args.path}: warning: {w}", file=err)
         if not errors:
-            print(f"{args.path}: ok", file=out)
+            print(f"{args.path}: ok" + (f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})"
+                                         if warnings else ""), file=out)
     return 2 if errors else 0
 
 
 def cmd_lookup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from filters.errors import BadNameError
 
-    matcher = _open_matcher(args, err)
+    bundle, matcher = _open_matcher(args)
     mask = _policy_mask(matcher.catalog, args)
+    _demo_note(bundle, err)
+    cidrs = None  # mapped on the first address: names need only the domain table
     names: Iterable[str] = args.names
     if list(names) == ["-"]:
         names = (line.strip() for line in sys.stdin)
@@ -303,7 +367,12 @@ def cmd_lookup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if not name or name.startswith("#"):
             continue
         try:
-            v = matcher.match(name, mask)
+            addr = _address(name)
+            if addr is None:
+                v = matcher.match(name, mask)
+            else:  # the bundle's CIDR lists (what flow enforcement blocks), not its names
+                cidrs = cidrs or bundle.cidr_matcher()
+                v = cidrs.explain(cidrs.match(addr, mask), bundle.catalog, mask)
         except BadNameError as exc:
             bad += 1
             if args.json:
@@ -329,8 +398,9 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from appliance.pcap.inspect import write_inspection
     from filters.verdicts import Verdicts
 
-    matcher = _open_matcher(args, err)
+    bundle, matcher = _open_matcher(args)
     verdicts = Verdicts(matcher, _policy_mask(matcher.catalog, args))
+    _demo_note(bundle, err)
     return write_inspection(args.pcap, verdicts, out, err, as_json=args.json, all_frames=args.all_frames)
 
 
@@ -420,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--config", help="config file (default: config/default.yaml, per-user state dir)")
     rn.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     rn.set_defaults(func=cmd_run)
+    wu = sub.add_parser("warm-up", help="compile the DNS kernels into numba's cache (image builds, installs)")
+    wu.add_argument("--config", help="config file (default: config/default.yaml, per-user state dir)")
+    wu.set_defaults(func=cmd_warm_up)
     cc = sub.add_parser("check-config", help="validate a config: exit 0, or 2 with every error")
     cc.add_argument("path", help="config file")
     cc.add_argument("--json", action="store_true")

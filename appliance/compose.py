@@ -7,7 +7,9 @@ appliance/bundles/served.py, plus the update scheduler and the forked children):
 
     load_run_config   the config file, or the embedded default with a per-user state dir
     build             config + bundle -> matcher, policies, policy state (a ``Built``)
-    policy_errors     what only the bundle can tell about a config (unknown categories)
+    policy_errors     what only the bundle can tell about a config (a block page's addresses)
+    category_check    policies naming categories the bundle lacks: errors or warnings
+                      (appliance/policy/categories.py)
     check_catalog     the categories ``check-config`` checks policies against
     Assembly          the above for one config path, handed to the DNS service, the
                       supervisor, the capture process and the web page
@@ -18,6 +20,7 @@ that read a config (lookup, status, inspect, check-config).
 
 from __future__ import annotations
 
+import logging
 import socket
 from dataclasses import dataclass, replace
 
@@ -29,15 +32,18 @@ from appliance.config.defaults import DEFAULT_CONFIG, user_state_dir
 from appliance.config.load import Config, ConfigErrors, load_config
 from appliance.flows.capture import CaptureChild
 from appliance.observe.stats import SharedStats
+from appliance.policy.categories import hint, missing_categories, tolerated, warning_text, without_missing
 from appliance.policy.state import PolicyState
 from appliance.updates.scheduler import UpdateScheduler
 from appliance.web.process import start_web
 from filters.catalog import Catalog
-from filters.errors import ConfigError, InputError, SchoolgateError, Where
+from filters.errors import ConfigError, SchoolgateError, Where
 from signatures.bundle import open_bundle
 from signatures.sources import load_sources
 
-__all__ = ["load_run_config", "policy_errors", "build", "check_catalog", "Assembly"]
+__all__ = ["load_run_config", "policy_errors", "category_check", "build", "check_catalog", "Assembly"]
+
+log = logging.getLogger("schoolgate")
 
 
 def load_run_config(path: str | None) -> Config:
@@ -49,19 +55,21 @@ def load_run_config(path: str | None) -> Config:
 
 
 def policy_errors(cfg: Config, catalog: Catalog) -> list[ConfigError]:
-    """What only the bundle can tell: unknown category names, a block page with no address."""
-    errors = []
-    for p in cfg.policies.values():
-        try:
-            catalog.mask(p.block)
-            for entry in p.schedule:
-                catalog.mask(entry.block)
-        except InputError as exc:
-            errors.append(ConfigError(f"policy {p.name}: {exc.message}", p.where or Where(cfg.file)))
-        if p.block_mode == "blockpage" and not cfg.dns.blockpage:
-            errors.append(ConfigError(f"policy {p.name}: block_mode blockpage needs dns.blockpage addresses",
-                                      p.where or Where(cfg.file)))
-    return errors
+    """What only the bundle can tell, whatever state the box is in: a block page with no
+    address. (Unknown categories: :func:`category_check`.)"""
+    return [ConfigError(f"policy {p.name}: block_mode blockpage needs dns.blockpage addresses",
+                        p.where or Where(cfg.file))
+            for p in cfg.policies.values() if p.block_mode == "blockpage" and not cfg.dns.blockpage]
+
+
+def category_check(cfg: Config, catalog: Catalog, how: str) -> tuple[list[ConfigError], list[str]]:
+    """(errors, warnings) for the categories the policies name and the bundle lacks: warnings
+    while the configured repository has still to deliver (or with missing_categories:
+    degrade), errors otherwise (appliance/policy/categories.py)."""
+    missing = missing_categories(cfg, catalog)
+    if tolerated(cfg, how):
+        return [], [warning_text(m, cfg, how) for m in missing]
+    return [m.error(catalog, hint(cfg, how)) for m in missing], []
 
 
 def build(cfg: Config, bundle_at: FoundBundle | None = None) -> Built:
@@ -76,24 +84,31 @@ def build(cfg: Config, bundle_at: FoundBundle | None = None) -> Built:
     else:
         bundle, how = open_bundle(bundle_at.path), bundle_at.how
     matcher = bundle.domain_matcher().with_local(cfg.local_block, cfg.local_allow)
-    errors = policy_errors(cfg, bundle.catalog)
+    errors, _ = category_check(cfg, bundle.catalog, how)
+    errors = policy_errors(cfg, bundle.catalog) + errors
     if errors:
         raise ConfigErrors(errors)
+    missing = missing_categories(cfg, bundle.catalog)
+    for m in missing:
+        log.warning(warning_text(m, cfg, how), extra={"policy": m.policy, "missing": list(m.missing)})
+    served = without_missing(cfg, missing) if missing else cfg
     # Policies as in force now (schedules, temporary allows, SafeSearch, DoH): see
     # appliance/policy/state.py; without a default policy every category is blocked.
-    state = PolicyState(cfg, bundle.catalog, matcher)
+    state = PolicyState(served, bundle.catalog, matcher)
     matcher, policies = state.build()
-    return Built(cfg, bundle, how, matcher, policies, state)
+    # Built.cfg stays the config as written: a later bundle (a swap, a reload) is checked
+    # against every category it names.
+    return Built(cfg, bundle, how, matcher, policies, state, degraded=tuple(m.record() for m in missing))
 
 
-def check_catalog(cfg: Config) -> Catalog:
-    """The categories check-config validates policies against: those of the bundle ``run``
-    would serve, without installing anything (before the demo bundle is installed, its
-    categories come from the demo sources file)."""
+def check_catalog(cfg: Config) -> tuple[Catalog, str]:
+    """The categories check-config validates policies against, and how their bundle was
+    chosen: those of the bundle ``run`` would serve, without installing anything (before
+    the demo bundle is installed, its categories come from the demo sources file)."""
     found = resolve_bundle(cfg)
     if found is not None:
-        return open_bundle(found.path).catalog
-    return Catalog(tuple(c.name for c in load_sources(DEMO_SOURCES).categories), ())
+        return open_bundle(found.path).catalog, found.how
+    return Catalog(tuple(c.name for c in load_sources(DEMO_SOURCES).categories), ()), "demo"
 
 
 @dataclass

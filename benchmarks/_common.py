@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# The real public lists and captures the tests use too (tests/conftest.py, README.md "Tests and
-# benchmarks"); benchmarks that need them say so and fall back or skip when they are absent.
+# The real public lists and captures the tests use too (tests/conftest.py, docs/testing.md,
+# "Shared test data"); benchmarks that need them say so and fall back or skip when they are absent.
 SHARED_DATA = Path(os.environ.get("SCHOOLGATE_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
 

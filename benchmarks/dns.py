@@ -300,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         names = read_names(args.list or default_lists(), args.limit)
         (tmp / "list.txt").write_text("".join(n + "\n" for n in names))
         (tmp / "hosts").write_text("".join(f"0.0.0.0 {n}\n" for n in names))
-        (tmp / "sources.yaml").write_text(
-            "version: 1\nexpires_days: 30\ncategories:\n  bench: {sources: [{path: list.txt, format: domains}]}\n")
+        (tmp / "sources.yaml").write_text(  # `signatures build` wants a block canary
+            "version: 1\nexpires_days: 30\ncategories:\n  bench: {sources: [{path: list.txt, format: domains}]}\n"
+            f"canaries: {{block: ['{names[0]}']}}\n")
         t0 = time.monotonic()
         # In a child process: this one must not map numba's libraries while the servers'
         # memory is measured (PSS divides shared pages among every process mapping them).

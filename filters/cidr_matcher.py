@@ -23,8 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from filters import _cidr_kernels as _k
+from filters.catalog import Catalog
 from filters.cidr_table import CidrTable
 from filters.classes import ClassTable
+from filters.domain_matcher import Verdict
 from filters.errors import BadNameError, BundleError
 
 __all__ = ["IpVerdict", "CidrMatcher", "parse_address"]
@@ -63,6 +65,13 @@ def parse_address(address: str | IpAddress) -> IpAddress:
         return ipaddress.ip_address(text)
     except ValueError as e:
         raise BadNameError(f"not an IP address: {text[:80]!r}") from e
+
+
+def _address_text(addr: IpAddress) -> str:
+    """``str(addr)``, an IPv4-mapped address in its dotted form (``::ffff:1.2.3.4``, as
+    Python 3.13 prints it; 3.11 gives ``::ffff:102:304``)."""
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return f"::ffff:{mapped}" if mapped is not None else str(addr)
 
 
 def _policy(policy_mask: int) -> np.uint64:
@@ -126,10 +135,11 @@ class CidrMatcher:
                 t.v4_net, t.v4_index, t.v6_net_hi, t.v6_net_lo, t.prefix, t.cls, t.parent,
                 self._mask, self._allow, np.uint64(value >> 64), np.uint64(value & _W64), pol,
             )
+        text = _address_text(addr)
         if rule < 0:
-            return IpVerdict(str(addr), bool(blocked), int(cats), None, None, None)
+            return IpVerdict(text, bool(blocked), int(cats), None, None, None)
         return IpVerdict(
-            str(addr), bool(blocked), int(cats), self.rule_text(rule), int(t.cls[rule]), rule
+            text, bool(blocked), int(cats), self.rule_text(rule), int(t.cls[rule]), rule
         )
 
     def match_batch_v4(
@@ -163,6 +173,17 @@ class CidrMatcher:
         _k.lookup_v6_batch(t.v4_net, t.v4_index, t.v6_net_hi, t.v6_net_lo, t.prefix, t.cls,
                            t.parent, self._mask, self._allow, h, lw, pol, blocked, cats, rule)
         return blocked, cats, rule
+
+    def explain(self, v: IpVerdict, catalog: Catalog, policy_mask: int) -> Verdict:
+        """``v`` (matched under ``policy_mask``) with its why, as a name's Verdict: the
+        categories of every CIDR containing the address, the deciding CIDR and the lists it
+        came from (for a block those of the categories the policy blocks, for an allow the
+        allow lists), so `schoolgate lookup` answers addresses and names alike."""
+        sources: list[str] = []
+        if v.cls is not None:
+            ids = self.classes.sources(v.cls)
+            sources = catalog.deciding(ids, v.blocked, int(_policy(policy_mask)))
+        return Verdict(v.address, v.blocked, tuple(catalog.names(v.categories)), v.rule, tuple(sources))
 
     def rule_text(self, entry_index: int) -> str:
         """The CIDR of an entry as text, e.g. ``"10.0.0.0/8"``; IndexError when out of range

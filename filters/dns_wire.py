@@ -25,7 +25,7 @@ __all__ = [
     "skip_name",
     "HEADER_LEN", "MAX_NAME_WIRE", "MAX_LABEL", "MAX_MESSAGE", "MIN_UDP_PAYLOAD",
     "MAX_UDP_PAYLOAD", "OPCODE_QUERY", "CLASS_IN", "TYPE_OPT", "Query", "parse_query",
-    "qname_end",
+    "qname_end", "make_query",
 ]
 
 # RFC 1035 §4.1.1: the fixed header.
@@ -87,6 +87,13 @@ class Query:
         empty answer and authority sections."""
         return (self.qname_end > 0 and self.qclass == CLASS_IN and self.opcode == OPCODE_QUERY
                 and not self.ancount and not self.nscount)
+
+
+def make_query(qid: int, wire_name: bytes, qtype: int, *, rd: bool = True) -> bytes:
+    """A one-question class-IN query (RFC 1035 §4.1) for a name already in wire form."""
+    flags = 0x0100 if rd else 0
+    return (struct.pack("!HHHHHH", qid & 0xFFFF, flags, 1, 0, 0, 0) + wire_name
+            + struct.pack("!HH", qtype, CLASS_IN))
 
 
 def qname_end(buf: bytes, start: int = HEADER_LEN) -> int:

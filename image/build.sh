@@ -343,7 +343,7 @@ install_template() {
 # Install the demo bundle and warm the numba cache exactly as the service will run: as the
 # schoolgate user, with the unit's environment (NUMBA_CACHE_DIR on the data partition,
 # NUMBA_CPU_NAME=generic so the cached machine code is valid on any CPU of the arch), then
-# one lookup and one DNS answer from a short `schoolgate run`.
+# `schoolgate warm-up`, one DNS answer from a short `schoolgate run` and one lookup.
 warm_up() {
     log "first active bundle (demo) and numba cache warm-up (slow under qemu-user for arm64)"
     local cfg="$STATE/config/schoolgate.yaml" t0=$SECONDS
@@ -356,6 +356,9 @@ warm_up() {
     in_chroot_netns /bin/sh -c "
         set -e
         set -a; . /usr/lib/schoolgate/environment; set +a
+        # the fast path's kernels (a first run would compile them in the background, after
+        # its first answer: the check below alone would not wait for them)
+        runuser -u schoolgate -- $VENV/bin/schoolgate warm-up --config $cfg
         runuser -u schoolgate -- $VENV/bin/schoolgate run --config $cfg >/tmp/warm-run.log 2>&1 &
         pid=\$!
         i=0

@@ -52,7 +52,7 @@ MAX_MEMBERS = 256
 # The largest array of a 10 M-domain bundle (the fingerprints, 8 B/domain) is ~80 MB;
 # 256 MiB is 3x that and still well below the RAM of a Pi-class device.
 MAX_MEMBER_BYTES = 256 << 20
-# All files together: a 10 M-domain bundle is ~110 MB (~11 B/domain, README); 512 MiB is
+# All files together: a 10 M-domain bundle is ~110 MB (~11 B/domain, docs/publishing.md); 512 MiB is
 # ample headroom yet bounds the state partition to a few GiB with the last N bundles kept.
 MAX_TOTAL_BYTES = 512 << 20
 # Names of bundle files: flat, portable, and impossible to read as a path or option.

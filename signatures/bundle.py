@@ -29,7 +29,7 @@ from filters.errors import BadNameError, BundleError, EnvironmentFault, Signatur
 from filters.keyword_scanner import KeywordScanner, KeywordTable
 from signatures._atomic import fsync_dir
 
-__all__ = ["MANIFEST", "Bundle", "write_bundle", "open_bundle", "file_digest"]
+__all__ = ["MANIFEST", "Bundle", "write_bundle", "open_bundle", "file_digest", "canary_problem"]
 
 MANIFEST = "manifest.json"
 SUPPORTED_FORMATS = (1,)
@@ -171,12 +171,9 @@ class Bundle:
         self.cidr_matcher()
         self.keyword_scanner()
         canaries = self.manifest.get("canaries") or {}
-        if not isinstance(canaries, dict) or not all(
-                isinstance(canaries.get(k, []), list) for k in ("block", "allow")):
-            raise BundleError("manifest canaries must be {block: [names], allow: [names]}", where)
-        if require_block_canary and not canaries.get("block"):
-            raise BundleError("manifest has no block canaries, so the bundle cannot be self-tested "
-                              "(add canaries: {block: [...]} to SOURCES.yaml)", where)
+        problem = canary_problem(canaries, require_block_canary)
+        if problem:
+            raise BundleError(f"manifest: {problem}", where)
         failed = []
         for expect in ("block", "allow"):
             for name in canaries.get(expect, []):
@@ -189,6 +186,18 @@ class Bundle:
                     failed.append(f"{name} should be {expect}ed")
         if failed:
             raise BundleError(f"canary self-test failed: {'; '.join(failed)}", where)
+
+
+def canary_problem(canaries: object, require_block: bool = True) -> str | None:
+    """Why ``canaries`` cannot self-test a bundle, or None. The one rule for publish, the
+    device's self-test and `signatures build` (which refuses up front what publish would)."""
+    if not isinstance(canaries, dict) or not all(isinstance(canaries.get(k, []), list) for k in ("block", "allow")):
+        return "canaries must be {block: [names], allow: [names]}"
+    if require_block and not canaries.get("block"):
+        return ("no block canaries: the bundle cannot show that it blocks anything (an empty or mis-built "
+                "one would pass its self-test), so publish and devices refuse it; add canaries: "
+                "{block: [names it lists]} to SOURCES.yaml")
+    return None
 
 
 def open_bundle(path: str | Path) -> Bundle:

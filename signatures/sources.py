@@ -1,4 +1,4 @@
-"""SOURCES.yaml: what a publisher compiles into a bundle (README.md "SOURCES.yaml").
+"""SOURCES.yaml: what a publisher compiles into a bundle (docs/publishing.md, "SOURCES.yaml").
 
     version: 42              # bundle version, an integer that only ever increases
     expires_days: 30

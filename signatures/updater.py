@@ -89,7 +89,10 @@ def _translate(exc: Exception, what: str) -> SchoolgateError | None:
         return UpdateError(f"{what}: HTTP status {exc.status_code}: {exc}")
     if isinstance(exc, tuf_exc.DownloadError):
         cause = exc.__cause__ or exc.__context__
-        return UpdateError(f"{what}: download failed: {exc}" + (f" ({cause})" if cause else ""))
+        if isinstance(cause, SchoolgateError):  # the fetcher's own words: python-tuf wrapped them
+            return type(cause)(cause.message, cause.where)
+        said = cause is not None and str(cause) in str(exc)  # the fetcher's message quotes it already
+        return UpdateError(f"{what}: download failed: {exc}" + (f" ({cause})" if cause and not said else ""))
     if isinstance(exc, OSError):
         return EnvironmentFault(f"{what}: {exc}")
     return None

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test set-up on a fresh machine (README "Set up on a fresh machine", and what
+# The whole test set-up on a fresh machine (the README's second set-up command, and what
 # .ci/run does through the README's second command):
 #   1. as root with apt-get: the system tools the tests use (a failed install is fatal:
 #      CI must not turn the tests needing them into skips);

@@ -12,8 +12,8 @@
 chain of trust stays the same, so an installed demo takes a rebuilt one as an ordinary update.
 Regenerating keys on every build would change the trusted root each time and strand every
 installed copy. Their signatures prove nothing — everyone holds the keys — which is exactly
-what a demo is; a district replaces repository, keys and trusted root (README, "Replacing
-the demo bundle"), and the demo only ever lands in ``<state_dir>/demo``, never the real
+what a demo is; a district replaces repository, keys and trusted root (docs/publishing.md,
+"The demo bundle, and replacing it"), and the demo only ever lands in ``<state_dir>/demo``, never the real
 state directory.
 
 **Ten-year metadata.** A repository in git is not re-signed every few hours by cron, so the
@@ -105,8 +105,8 @@ _KEYS_README = """\
 These are the signing keys of schoolgate's demo repository (`config/demo/repo`). They are
 committed on purpose so that anyone can rebuild the demo (`python -m appliance.bundles.demo`);
 a signature made with them proves nothing. Never use them, or the demo's `trust/root.json`,
-for a real deployment: run `schoolgate signatures keygen` for keys of your own (see README,
-"Replacing the demo bundle").
+for a real deployment: run `schoolgate signatures keygen` for keys of your own (see
+docs/publishing.md, "The demo bundle, and replacing it").
 """
 
 

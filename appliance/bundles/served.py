@@ -37,6 +37,9 @@ class Built:
     policies: PolicySet
     # Schedules and temporary allows: rebuilds matcher + policies when they change
     policy_state: PolicyState | None = None
+    # Policies served without categories the bundle lacks: {"policy", "missing"} records
+    # (appliance/policy/categories.py); shown by `schoolgate status` and the web page
+    degraded: tuple[dict, ...] = ()
 
 
 class Builder(Protocol):
@@ -62,7 +65,8 @@ def run_record(built: Built, since: str, started: str, workers: int) -> dict:
     return {"pid": os.getpid(), "started": started, "config": built.cfg.file, "workers": workers,
             "listen": [f"{h}:{p}" for h, p in built.cfg.dns.listen],
             "bundle": {"path": str(b.path), "version": b.version, "demo": b.demo, "how": built.how,
-                       "since": since}}
+                       "since": since},
+            "degraded": list(built.degraded)}
 
 
 def log_serving(built: Built, what: str | None, worker: int | None = None) -> None:

@@ -10,4 +10,5 @@
     values.py    the value parsers the sections share (host:port, durations, upstreams)
     passwords.py the admin password hash format (scrypt), checked here and used by the login
     defaults.py  where the shipped config/ directory, the default config and the state dir are
+    reference.py docs/configuration.md generated from the schema (python -m appliance.config.reference)
 """

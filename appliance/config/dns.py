@@ -10,12 +10,20 @@ error list with the value's file:line:col, so check-config reports them all at o
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from appliance.config.schema import ConfigDoc
-from appliance.config.values import UpstreamAddress, one_or_many, parse_hostport, parse_upstream
+from appliance.config.values import (
+    UpstreamAddress,
+    one_or_many,
+    parse_hostport,
+    parse_upstream,
+    resolv_conf_nameservers,
+)
 from filters.dns_answer import DEFAULT_BLOCK_TTL
 from filters.errors import ConfigError, InputError, Where
 from filters.safesearch import parse_safesearch
@@ -25,6 +33,10 @@ __all__ = ["DnsConfig", "Network", "parse_dns", "parse_upstreams", "parse_tls_ca
            "policy_extras", "parse_timezone", "DEFAULT_LISTEN", "DEFAULT_POLICY", "DEFAULT_TIMEZONE"]
 
 DEFAULT_LISTEN = ("127.0.0.1", 5353)
+# ``dns.upstreams: system`` (the default): the host's resolvers, read from dns.resolv_conf,
+# else $SCHOOLGATE_RESOLV_CONF (the tests point it at a file of their own), else this.
+SYSTEM = "system"
+SYSTEM_RESOLV_CONF = Path("/etc/resolv.conf")
 # Clients in no configured network get the policy of this name; without one, every category
 # is blocked (the safe reading for children, as `lookup` without --policy).
 DEFAULT_POLICY = "default"
@@ -67,6 +79,8 @@ class DnsConfig:
     # plain Python loop (same answers, ~2.5x the CPU per query).
     fast_path: bool = True
     tls_ca: Path | None = None  # CAs for DoT upstreams (None: the system's)
+    # Where ``upstreams: system`` came from, and what it found there (None: not used)
+    system_resolvers: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,17 +91,19 @@ class Network:
     where: Where | None = field(default=None, compare=False)
 
 
-def parse_dns(doc: ConfigDoc, d: dict, errors: list[ConfigError]) -> DnsConfig:
-    """The ``dns:`` section (defaults for what is missing)."""
-    s = d.get("dns")
-    if s is None:
-        return DnsConfig()
+def parse_dns(doc: ConfigDoc, d: dict, errors: list[ConfigError], warnings: list[str] | None = None) -> DnsConfig:
+    """The ``dns:`` section (defaults for what is missing); ``warnings`` gets what works but
+    will not do what the admin probably wants (no upstream found)."""
+    s = d.get("dns") or {}
     got: dict = {k: s[k] for k in ("block_mode", "block_ttl", "cache_size", "tcp_max_connections", "workers",
                                    "fast_path") if k in s}
     if "listen" in s:
         got["listen"] = _listen(doc, s["listen"], errors)
-    if "upstreams" in s:
-        got["upstreams"] = parse_upstreams(doc, s["upstreams"], errors)
+    resolv = (Path(doc.file).resolve().parent / s["resolv_conf"] if "resolv_conf" in s
+              else Path(os.environ.get("SCHOOLGATE_RESOLV_CONF") or SYSTEM_RESOLV_CONF))
+    got["upstreams"], got["system_resolvers"] = parse_upstreams(
+        doc, s.get("upstreams", SYSTEM), errors, listen=got.get("listen", (DEFAULT_LISTEN,)), resolv_conf=resolv,
+        warnings=warnings)
     if "tls_ca" in s:
         got["tls_ca"] = parse_tls_ca(doc, s["tls_ca"], errors)
     good = []
@@ -124,10 +140,24 @@ def _listen(doc: ConfigDoc, v: Any, errors: list[ConfigError]) -> tuple[tuple[st
     return tuple(out)
 
 
-def parse_upstreams(doc: ConfigDoc, v: Any, errors: list[ConfigError]) -> tuple[UpstreamAddress, ...]:
-    """``dns.upstreams``: plain DNS and DoT upstreams, in order."""
-    out = []
+def parse_upstreams(doc: ConfigDoc, v: Any, errors: list[ConfigError], *,
+                    listen: tuple[tuple[str, int], ...] = (DEFAULT_LISTEN,),
+                    resolv_conf: Path = SYSTEM_RESOLV_CONF,
+                    warnings: list[str] | None = None) -> tuple[tuple[UpstreamAddress, ...], str | None]:
+    """``dns.upstreams``: plain DNS and DoT upstreams, in order; ``system`` stands for the
+    host's resolvers (``resolv_conf``) other than this appliance. Also says, when
+    ``system`` was used, where from and what it found."""
+    out: list[UpstreamAddress] = []
+    system: str | None = None
     for at, item in one_or_many(v):
+        if isinstance(item, str) and item.strip() == SYSTEM:
+            found, system = _system_resolvers(resolv_conf, listen)
+            if not found and warnings is not None:
+                warnings.append(f"dns.upstreams: system: {system}; allowed names will get "
+                                "SERVFAIL until dns.upstreams names a resolver (e.g. your router, "
+                                "or tls://9.9.9.9#dns.quad9.net)")
+            out.extend(u for u in found if u not in out)
+            continue
         u = parse_upstream(item)
         if u is None:
             what = ("not tls://address[:port][#server-name]" if item.strip().startswith("tls://")
@@ -135,7 +165,46 @@ def parse_upstreams(doc: ConfigDoc, v: Any, errors: list[ConfigError]) -> tuple[
             errors.append(doc.error(f"{what}: {item!r}", "dns", "upstreams", *at))
         else:
             out.append(u)
-    return tuple(out)
+    return tuple(out), system
+
+
+def _system_resolvers(path: Path, listen: tuple[tuple[str, int], ...]) -> tuple[list[UpstreamAddress], str]:
+    """The nameservers of ``path`` that are not this appliance, and a sentence saying so."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return [], f"cannot read {path} ({exc.strerror or exc})"
+    named = resolv_conf_nameservers(text)
+    found = [UpstreamAddress(a, 53) for a in named if not _is_self(a, listen)]
+    if found:
+        return found, f"{', '.join(u.text for u in found)} from {path}"
+    if named:
+        return [], f"{path} names only this appliance ({', '.join(named)})"
+    return [], f"{path} names no nameserver"
+
+
+def _is_self(addr: str, listen: tuple[tuple[str, int], ...]) -> bool:
+    """Would a query to ``addr`` port 53 reach this appliance's own listener?"""
+    host = addr.split("%", 1)[0]
+    for lh, lp in listen:
+        if lp != 53:
+            continue
+        if lh == host:
+            return True
+        if lh in ("0.0.0.0", "::") and (":" in lh) == (":" in host) and _local_address(host):
+            return True
+    return False
+
+
+def _local_address(host: str) -> bool:
+    """Is ``host`` one of this machine's addresses (it can be bound)?"""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.bind((host, 0))
+        return True
+    except OSError:
+        return False
 
 
 def parse_tls_ca(doc: ConfigDoc, v: str | None, errors: list[ConfigError]) -> Path | None:

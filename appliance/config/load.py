@@ -1,4 +1,4 @@
-"""The appliance config file (its keys: config/schema.json and README.md's config sections).
+"""The appliance config file (its keys: config/schema.json, listed in docs/configuration.md).
 
 Every problem found is reported, each with file:line:col, in file order; a config with
 errors is refused as a whole, so the running appliance keeps its last good config.
@@ -42,11 +42,14 @@ DEFAULT_KEEP = 3
 
 
 class ConfigErrors(ConfigError):
-    """Several config errors at once; str() lists them one per line."""
+    """Several config errors at once; str() lists them one per line. ``partial``: the config
+    as far as it could be read (load_config: the values that passed), so that check-config
+    can report what only the bundle can tell in the same pass; never served."""
 
-    def __init__(self, errors: list[ConfigError]) -> None:
+    def __init__(self, errors: list[ConfigError], partial: Config | None = None) -> None:
         super().__init__("\n".join(str(e) for e in errors), None)
         self.errors = errors
+        self.partial = partial
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class UpdatesConfig:
     interval: int = DEFAULT_INTERVAL  # seconds
     timeout: int = DEFAULT_TIMEOUT  # seconds for one whole update run
     keep: int = DEFAULT_KEEP
+    # refuse | degrade: a delivered bundle lacking a category some policy blocks
+    # (appliance/policy/categories.py)
+    missing_categories: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,9 @@ class Config:
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     no_bundle: str = "embedded"  # embedded | refuse | forward (appliance/bundles/fallback.py)
+    # What works but probably not as meant (no upstream found): check-config prints these,
+    # `run` logs them at start and reload
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
 def load_config(path: str | Path, text: str | None = None) -> Config:
@@ -105,7 +114,8 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
     local = d.get("local") or {}
     lists = {kind: _names(cd, local, kind, errors) for kind in ("block", "allow")}
     updates = _updates(cd, d, base, errors)
-    dns = parse_dns(cd, d, errors)
+    warnings: list[str] = []
+    dns = parse_dns(cd, d, errors, warnings)
     # Every policy written counts, even one the schema refused: a network naming it is fine.
     written = cd.raw.get("policies") if isinstance(cd.raw, dict) else None
     names = set(policies) | ({str(k) for k in written} if isinstance(written, dict) else set())
@@ -114,12 +124,13 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
     web = parse_web(cd, d, errors)
     flows = parse_flows(cd, d, errors)
     log = parse_log(cd, d, errors)
+    cfg = Config(doc.file, state_dir, bundle, policies, lists["block"], lists["allow"], d, updates,
+                 dns=dns, networks=networks, timezone=tz, web=web, flows=flows, log=log,
+                 no_bundle=d.get("no_bundle", "embedded"), warnings=tuple(warnings))
     if errors:
         errors.sort(key=lambda e: (e.where.line, e.where.col) if e.where else (0, 0))
-        raise ConfigErrors(errors)
-    return Config(doc.file, state_dir, bundle, policies, lists["block"], lists["allow"], d, updates,
-                  dns=dns, networks=networks, timezone=tz, web=web, flows=flows, log=log,
-                  no_bundle=d.get("no_bundle", "embedded"))
+        raise ConfigErrors(errors, cfg)
+    return cfg
 
 
 def _names(doc: ConfigDoc, local: dict, kind: str, errors: list[ConfigError]) -> tuple[str, ...]:
@@ -153,8 +164,9 @@ def _updates(doc: ConfigDoc, d: dict, base: Path, errors: list[ConfigError]) -> 
         secs = doc.duration(u[key], errors, "updates", key) if key in u else None
         if secs is not None:
             got[key] = int(secs)
-    if "keep" in u:
-        got["keep"] = u["keep"]
+    for key in ("keep", "missing_categories"):
+        if key in u:
+            got[key] = u[key]
     if len(errors) > n or repo is None or root is None:
         return None
     return UpdatesConfig(repo, root, **got)

@@ -6,8 +6,8 @@
       retention_days: 7       # query log files kept, 1 .. 366
 
 Defaults keep as little about children as still answers "what was blocked": only blocked
-queries, client addresses replaced by a keyed hash whose key changes every day (README
-"Counters and query log"). The values, their ranges and their meaning are declared in
+queries, client addresses replaced by a keyed hash whose key changes every day (docs/observability.md,
+"Privacy defaults"). The values, their ranges and their meaning are declared in
 config/schema.json; loaded by appliance.config.load.load_config once the schema has passed.
 """
 

@@ -206,6 +206,10 @@ def _message(err: Any, s: dict) -> str:
         return "must be " + " or ".join(_TYPES[t] for t in names if t in _TYPES)
     if kw == "enum":
         words = [x for x in err.validator_value if isinstance(x, str)] or [json.dumps(x) for x in err.validator_value]
+        if err.instance is None:  # a bare `key: null` (or `key:`) is YAML's no value, not the word
+            quoted = '; write "null" in quotes for the null mode' if "null" in words else ""
+            return (f"must be one of {', '.join(words)} (a bare null is no value: "
+                    f"remove the key for the default{quoted})")
         return f"must be one of {', '.join(words)}"
     if kw in ("minimum", "maximum"):
         return _range(s)

@@ -83,6 +83,21 @@ def parse_upstream(text: object) -> UpstreamAddress | None:
     return UpstreamAddress(hp[0], hp[1], name.lower().rstrip("."))
 
 
+def resolv_conf_nameservers(text: str) -> list[str]:
+    """The ``nameserver`` addresses of a resolv.conf(5) text, in order (a zone index such as
+    ``fe80::1%eth0`` kept; anything that is not an IP address skipped)."""
+    out = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split(";", 1)[0].split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            try:
+                ipaddress.ip_address(words[1].split("%", 1)[0])
+            except ValueError:
+                continue
+            out.append(words[1])
+    return out
+
+
 def hostname_ok(name: str) -> bool:
     """A DNS host name: labels of 1-63 letters, digits, '-' or '_', 253 characters at most."""
     labels = name.rstrip(".").split(".")

@@ -4,7 +4,7 @@
 web:
   enabled: true                      # default: true when the section is present
   listen: "127.0.0.1:8080"           # status page, admin and API (a LAN address to share it)
-  blockpage_listen: "0.0.0.0:80"     # optional: the block page (HTTP only, see README)
+  blockpage_listen: "0.0.0.0:80"     # optional: the block page (HTTP only, see docs/deployment.md)
   admin_password_hash: "scrypt$32768$8$1$<salt b64>$<key b64>"   # `schoolgate web hash-password`
   tls_proxy: false                   # true when a TLS reverse proxy fronts the page: cookies get Secure
 ```

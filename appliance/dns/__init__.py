@@ -3,6 +3,7 @@
     service.py    one serving process: pipeline + listeners; SIGHUP reload, bundle swaps, SIGTERM
     workers.py    the supervisor of N worker processes sharing the addresses (SO_REUSEPORT)
     server.py     asyncio listeners: UDP (drains a socket per wake-up), TCP (RFC 7766)
+    startup.py    "ready" means answering; the fast path's kernels compiled in a forked child
     fastpath.py   recvmmsg/sendmmsg batches answered by one jitted call (blocked and cached names)
     pipeline.py   one query -> answer bytes, a drop, or a Forward (sans-IO: time is a parameter)
     slowpath.py   dnslib for what the fast path does not handle

@@ -13,7 +13,7 @@ The system calls are made from the jitted code: ``recvmmsg``/``sendmmsg`` are de
 external functions (a numba intrinsic; the symbol is resolved in the process, i.e. libc),
 which keeps the function cacheable (ctypes function pointers are baked into the code as
 addresses and make numba refuse to cache). Measured against calling them through ctypes
-from Python once per batch: see README "DNS service".
+from Python once per batch: see docs/dns.md, "The UDP fast path".
 
 Buffers are laid out by ctypes (struct mmsghdr, iovec), so the offsets are the platform's;
 the kernel writes only lengths (through numpy views with the right strides) and copies
@@ -45,7 +45,7 @@ from filters.dns_response import Normalised
 from filters.domain_matcher import DomainMatcher
 from filters.policy import PolicySet
 
-__all__ = ["FastPath", "Responder", "FAST_ROUNDS", "usable", "warm_up"]
+__all__ = ["FastPath", "Responder", "FAST_ROUNDS", "usable", "warm_up", "warmed"]
 
 log = logging.getLogger("schoolgate.dns")
 
@@ -179,10 +179,12 @@ def _serve(fd, io, rx, rxlen, addrs, tx, txlen, txsrc, act, bmask, tables, match
                     return
 
 
-def warm_up(matcher: DomainMatcher, policies: PolicySet) -> None:
+def warm_up(matcher: DomainMatcher, policies: PolicySet) -> bool:
     """Load every kernel the service runs (numba loads cached code on first call) for the
     argument types it will see: before workers are forked, so that they share the code, and
-    before appliance.memory.release_file_pages, which assumes LLVM is no longer needed."""
+    before appliance.memory.release_file_pages, which assumes LLVM is no longer needed.
+    True when something had to be compiled (the cache was cold: appliance/dns/warmup.py)."""
+    global _warmed
     fp = FastPath(1)
     tables = FastTables.build(policies, matcher)
     cache = ArrayCache(4, 1, seed=0)
@@ -198,6 +200,16 @@ def warm_up(matcher: DomainMatcher, policies: PolicySet) -> None:
     cache.get(key, 0.0)
     cache.get_stale(key, 100.0)
     limiter.allow("127.0.0.1", 0.0)
+    _warmed = True
+    return any(_serve.stats.cache_misses.values())
+
+
+_warmed = False
+
+
+def warmed() -> bool:
+    """Has :func:`warm_up` run in this process (or in the one it was forked from)?"""
+    return _warmed
 
 
 def usable(pipeline: Pipeline) -> bool:

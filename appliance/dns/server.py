@@ -6,7 +6,7 @@ answers and sends whole batches, and only the packets it leaves over come throug
 pipeline here. Without it, the callback drains up to UDP_BATCH datagrams per wake-up with
 plain ``recvfrom``/``sendto``; measured on this 2-core machine with dnsperf against blocked
 names, that beats a DatagramProtocol, whose per-datagram callback and transport bookkeeping
-cost more than the answer itself. See README "DNS service" for the figures.
+cost more than the answer itself. See docs/dns.md, "Measured" for the figures.
 
 TCP (RFC 7766): 2-byte length framing; queries on one connection are read and answered as
 they come (pipelining) — forwarded ones complete out of order, which §6.2.1.1 allows; a
@@ -23,11 +23,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import cast
 
-from appliance.dns.fastpath import FastPath, warm_up
+from appliance.dns.fastpath import FastPath, warm_up, warmed
 from appliance.dns.fastpath import usable as fast_usable
 from appliance.dns.pipeline import Forward, Pipeline
+from appliance.dns.startup import BackgroundWarmUp
 from appliance.dns.upstream import UpstreamSet
 from appliance.memory import release_file_pages
+from appliance.observe.holders import listen_error
 from filters.dns_answer import error_response
 from filters.dns_response import RCODE_SERVFAIL
 
@@ -45,6 +47,8 @@ UDP_RECV_SIZE = 4096
 MAX_PENDING_FORWARDS = 2048
 # Queries read on one TCP connection before it is closed (clients reconnect).
 MAX_TCP_QUERIES = 10_000
+# Seconds between looks at the kernel compiler child at start.
+_WARM_POLL = 0.2
 # Answers buffered for a slow TCP reader before we wait for it to drain.
 _TCP_HIGH_WATER = 64 * 1024
 
@@ -72,11 +76,11 @@ def open_sockets(listen: tuple[tuple[str, int], ...],
                 if kind == socket.SOCK_STREAM:
                     s.listen(128)
             out.append((pair[0], pair[1]))
-    except OSError:
+    except OSError as exc:
         for made in out:
             for s in made:
                 s.close()
-        raise
+        raise listen_error(exc, host, port, kind) from exc  # which address, and who holds it
     return out
 
 
@@ -89,6 +93,10 @@ class DnsServer:
         # UDP through the batched jitted path (appliance/dns/fastpath.py) when the pipeline
         # allows it; the plain loop below otherwise.
         self.fast: FastPath | None = FastPath() if fast_path else None
+        # Until its kernels are loaded (appliance/dns/startup.py), the plain loop answers.
+        self.fast_ready = False
+        self._warming: BackgroundWarmUp | None = None
+        self._warm_check: asyncio.TimerHandle | None = None
         self.upstreams = upstreams
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
@@ -103,15 +111,43 @@ class DnsServer:
     async def start(self, sockets: list[tuple[socket.socket, socket.socket]]) -> None:
         loop = asyncio.get_running_loop()
         if self.fast is not None:
-            warm_up(self.pipeline.matcher, self.pipeline.policies)  # every kernel loaded ...
-            release_file_pages()  # ... so the pages only loading needed (LLVM) can go
+            if warmed():  # loaded before this worker was forked (appliance/dns/workers.py)
+                self.fast_ready = True
+            else:  # compiled (or loaded from numba's cache) in a child; the plain loop serves
+                p = self.pipeline
+                self._warming = BackgroundWarmUp(lambda: warm_up(p.matcher, p.policies))
+                self._warm_check = loop.call_later(_WARM_POLL, self._warm_done)
         for udp, tcp in sockets:
             self._udp.append(udp)
             loop.add_reader(udp.fileno(), self._udp_ready, udp)
             self._servers.append(await asyncio.start_server(self._tcp_client, sock=tcp))
 
+    def _warm_done(self) -> None:
+        """Poll the kernel compiler child; when it is done, load the kernels here (from the
+        cache: milliseconds) and switch UDP to the fast path."""
+        assert self._warming is not None
+        done = self._warming.poll()
+        if done is None:
+            self._warm_check = asyncio.get_running_loop().call_later(_WARM_POLL, self._warm_done)
+            return
+        self._warm_check = None
+        if not done:
+            return  # logged; the plain loop goes on answering
+        compiled = warm_up(self.pipeline.matcher, self.pipeline.policies)  # every kernel loaded ...
+        release_file_pages()  # ... so the pages only loading needed (LLVM) can go
+        self.fast_ready = True
+        if self._warming.compiled or compiled:
+            log.info("DNS fast path on: its kernels compiled in %.1f s (numba's cache keeps them "
+                     "for later starts)", self._warming.elapsed)
+        else:
+            log.debug("DNS fast path on (kernels loaded from the cache in %.2f s)", self._warming.elapsed)
+
     async def stop(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._warm_check is not None:
+            self._warm_check.cancel()
+        if self._warming is not None:
+            self._warming.stop()
         for s in self._udp:
             loop.remove_reader(s.fileno())
         for srv in self._servers:
@@ -127,7 +163,7 @@ class DnsServer:
 
     # -- UDP ---------------------------------------------------------------------------------
     def _udp_ready(self, sock: socket.socket) -> None:
-        if self.fast is not None and fast_usable(self.pipeline):
+        if self.fast is not None and self.fast_ready and fast_usable(self.pipeline):
             self.fast.drain(sock, self)
             return
         handle = self.pipeline.handle

@@ -48,6 +48,7 @@ from appliance.dns.observe import Observer
 from appliance.dns.pipeline import Pipeline
 from appliance.dns.ratelimit import ArrayRateLimiter, RateLimiter
 from appliance.dns.server import DnsServer, open_sockets
+from appliance.dns.startup import first_answer
 from appliance.dns.upstream import UpstreamSet, upstream_text
 from appliance.observe.querylog import FLUSH_PERIOD
 from appliance.observe.stats import SharedStats
@@ -105,6 +106,7 @@ class Service:
         # Counters shared with the other processes and the query log (appliance/dns/observe.py).
         self.obs = Observer(stats, worker, owner, self._started)
         self._obs: asyncio.TimerHandle | None = None
+        self._probe: asyncio.Task | None = None  # the upstreams asked once at start
 
     def _pipeline(self, built: Built, cache: AnswerCache) -> Pipeline:
         d = built.cfg.dns
@@ -159,7 +161,16 @@ class Service:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, self.log_counters)
         loop.add_signal_handler(signal.SIGUSR2, self.check_now)
+        for w in built.cfg.warnings:
+            log.warning("config: %s", w, extra={"worker": self.worker})
+        if self.owner or self.worker == 0:
+            self._probe = loop.create_task(self._probe_upstreams())
+        answered = await first_answer(d.listen[0])
+        if answered is None:
+            log.error("the DNS service does not answer its own queries on %s:%d", *d.listen[0],
+                      extra={"worker": self.worker})
         log.info("ready", extra={"worker": self.worker, "listen": [f"{h}:{p}" for h, p in d.listen],
+                                 "first_answer_s": round(answered, 3) if answered is not None else None,
                                  "bundle": str(built.bundle.path),
                                  "bundle_version": built.bundle.version, "bundle_source": built.how,
                                  "demo": built.bundle.demo,
@@ -208,6 +219,23 @@ class Service:
     def stop(self) -> None:
         if self._stop is not None:
             self._stop.set()
+
+    async def _probe_upstreams(self) -> None:
+        """Ask each upstream once at start and say loudly which do not answer (the status
+        page and `schoolgate status` show the same from the upstream records)."""
+        assert self.server is not None
+        ups = self.server.upstreams
+        if not ups.upstreams:
+            log.warning("no upstream resolver configured: allowed names get SERVFAIL (set dns.upstreams)",
+                        extra={"worker": self.worker})
+            return
+        results = await ups.probe()
+        for addr, why in results:
+            if why is not None:
+                log.warning("upstream %s is not answering (%s)%s", addr, why,
+                            "" if any(w is None for _, w in results)
+                            else ": allowed names get SERVFAIL until an upstream answers (check dns.upstreams)",
+                            extra={"worker": self.worker, "upstream": addr})
 
     def _tick(self) -> None:
         try:

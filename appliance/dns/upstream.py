@@ -20,6 +20,7 @@ queries, failures and a latency histogram.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import socket
 import ssl
@@ -33,8 +34,11 @@ from appliance.dns.dot import DotConnection, tls_context
 from appliance.dns.pipeline import Forward
 from appliance.observe.stats import StatsSlot
 from filters.dns_response import answers_question
+from filters.dns_wire import make_query
 
-__all__ = ["Upstream", "UpstreamSet", "MAX_TRIES", "upstream_text"]
+__all__ = ["Upstream", "UpstreamSet", "MAX_TRIES", "upstream_text", "failure_text"]
+
+log = logging.getLogger("schoolgate.dns")
 
 # Upstreams tried per query: two keeps the worst case (2 × timeout) under a stub
 # resolver's 5 s patience with the default 1.5 s timeout.
@@ -46,9 +50,29 @@ BACKOFF_FIRST, BACKOFF_MAX = 2.0, 60.0
 _RECV = 65535
 
 
+def failure_text(exc: BaseException, timeout: float) -> str:
+    """Why a try at an upstream failed, in words: ``connection refused``, ``no answer within 1.5 s``."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "the connection closed mid-answer"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
+
+
 def upstream_text(u: UpstreamAddress | tuple) -> str:
     """An upstream as configured: ``1.2.3.4:53``, ``[::1]:53``, ``tls://1.2.3.4:853#name``."""
     return UpstreamAddress(*u).text
+
+
+class _RootProbe:
+    """What the forwarding code needs of a Forward, for ``. IN NS`` (every resolver answers it)."""
+
+    question = b"\x00\x00\x02\x00\x01"
+
+    def upstream_query(self, qid: int) -> bytes:
+        return make_query(qid, b"\x00", 2)
 
 
 @dataclass
@@ -62,6 +86,7 @@ class Upstream:
     rtt: float = 0.0  # smoothed round-trip time, seconds
     queries: int = 0
     errors: int = 0
+    last_error: str | None = None  # why the last failed try failed, in words (None: it answered)
     dot: DotConnection | None = field(default=None, repr=False)
 
     @property
@@ -74,7 +99,20 @@ class Upstream:
 
     def status(self, now: float) -> dict:
         return {"address": upstream_text(self.key), "index": self.index, "up": self.down_until <= now,
-                "rtt_ms": round(self.rtt * 1000, 2), "queries": self.queries, "errors": self.errors}
+                "rtt_ms": round(self.rtt * 1000, 2), "queries": self.queries, "errors": self.errors,
+                "last_error": self.last_error}
+
+    def failed(self, clock: float, why: str) -> None:
+        """One failed try: counted, and twice in a row marks it down for a back-off."""
+        self.errors += 1
+        self.fails += 1
+        self.last_error = why
+        if self.fails >= FAILS_BEFORE_DOWN:
+            self.down_until = clock + min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self.fails - FAILS_BEFORE_DOWN))
+
+    def answered(self, rtt: float) -> None:
+        self.fails, self.down_until, self.last_error = 0, 0.0, None
+        self.rtt = rtt if not self.rtt else 0.8 * self.rtt + 0.2 * rtt
 
 
 class UpstreamSet:
@@ -133,33 +171,57 @@ class UpstreamSet:
         for u in self._order():
             u.queries += 1
             t0 = self.clock()
+            why = f"no valid answer within {self.timeout:g} s"
             try:
                 resp = await (self._udp(u, fwd) if u.tls_name is None else self._dot(u, fwd))
-            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 resp = None  # ssl.SSLError (a certificate that does not verify) is an OSError
+                why = failure_text(exc, self.timeout)
             if resp is not None:
-                u.fails, u.down_until = 0, 0.0
                 dt = self.clock() - t0
-                u.rtt = dt if not u.rtt else 0.8 * u.rtt + 0.2 * dt
+                u.answered(dt)
                 if self.slot is not None:
                     self.slot.upstream_result(u.index, dt)
                 return resp
             if self.slot is not None:
                 self.slot.upstream_result(u.index, None)
-            u.errors += 1
-            u.fails += 1
-            if u.fails >= FAILS_BEFORE_DOWN:
-                u.down_until = self.clock() + min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (u.fails - FAILS_BEFORE_DOWN))
+            was_up = u.down_until <= self.clock()
+            u.failed(self.clock(), why)
+            if was_up and u.down_until > self.clock():
+                log.warning("upstream %s is not answering (%s): skipped for %.0f s; allowed names get "
+                            "SERVFAIL while no upstream answers", upstream_text(u.key), why,
+                            u.down_until - self.clock(), extra={"upstream": upstream_text(u.key)})
         return None
 
-    async def _dot(self, u: Upstream, fwd: Forward) -> bytes | None:
+    async def probe(self) -> list[tuple[str, str | None]]:
+        """Ask every upstream for the root's NS records once, all at once (at start): those
+        that do not answer are marked down at once, so that the first clients' queries go to
+        one that does. (upstream address, None or why it failed) in configured order."""
+        async def one(u: Upstream) -> tuple[str, str | None]:
+            t0 = self.clock()
+            why = f"no valid answer within {self.timeout:g} s"
+            try:
+                probe = _RootProbe()
+                resp = await (self._udp(u, probe) if u.tls_name is None else self._dot(u, probe))
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                resp, why = None, failure_text(exc, self.timeout)
+            if resp is not None:
+                u.answered(self.clock() - t0)
+                return upstream_text(u.key), None
+            u.fails = max(u.fails, FAILS_BEFORE_DOWN - 1)
+            u.failed(self.clock(), why)
+            return upstream_text(u.key), why
+
+        return list(await asyncio.gather(*(one(u) for u in self.upstreams)))
+
+    async def _dot(self, u: Upstream, fwd: Forward | _RootProbe) -> bytes | None:
         if u.dot is None:
             if self._ssl is None:
                 self._ssl = tls_context(self.tls_ca)
             u.dot = DotConnection(u.host, u.port, u.tls_name or "", self._ssl, rng=self.rng)
         return await u.dot.query(fwd.upstream_query, fwd.question, self.timeout)
 
-    async def _udp(self, u: Upstream, fwd: Forward) -> bytes | None:
+    async def _udp(self, u: Upstream, fwd: Forward | _RootProbe) -> bytes | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         qid = self.rng.getrandbits(16)
@@ -181,7 +243,7 @@ class UpstreamSet:
         finally:
             sock.close()
 
-    async def _tcp(self, u: Upstream, fwd: Forward, deadline: float) -> bytes | None:
+    async def _tcp(self, u: Upstream, fwd: Forward | _RootProbe, deadline: float) -> bytes | None:
         loop = asyncio.get_running_loop()
         qid = self.rng.getrandbits(16)
         msg = fwd.upstream_query(qid)

@@ -49,7 +49,7 @@ appliance/flows/enforcer.py (nftables table and resets), appliance/child.py (wha
 forked child does first). This one is the process: its handle in the owner
 (:class:`CaptureChild`) and its loop (:class:`CaptureLoop`, whose steps tests drive one by one).
 
-Limits (also in README.md): the names come from the first flight only (TLS ClientHello,
+Limits (also in docs/flows.md, "Limits"): the names come from the first flight only (TLS ClientHello,
 QUIC Initial, HTTP request head); with ECH the outer (public) name is what is judged. With
 ``bpf`` capture a ClientHello split over several segments is not read live. Neither mode
 holds a packet back while it is judged (NFLOG copies, unlike NFQUEUE): the server's first

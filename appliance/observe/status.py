@@ -152,6 +152,8 @@ def collect_status(cfg: Config) -> dict:
         "workers": run.get("workers") if running else None,
         "listen": run.get("listen") if running else None,
         "serving": serving,
+        # policies served without categories the bundle lacks (appliance/policy/categories.py)
+        "degraded": run.get("degraded") if running else None,
         "bundle": bundle,
         "demo": bool(shown.get("demo")),
         "updates": updates,
@@ -204,6 +206,17 @@ def _bundle_line(b: dict) -> str:
     return line + "".join(f", {e}" for e in extra if e)
 
 
+def _upstream_line(u: dict) -> str:
+    """``127.0.0.1:53 answering, 1.2 ms, 1,234 queries, 0 errors`` (or NOT ANSWERING and why)."""
+    n, errs = u.get("queries") or 0, u.get("errors") or 0
+    counts = f"{n:,} quer{'y' if n == 1 else 'ies'}, {errs:,} error{'' if errs == 1 else 's'}"
+    if u.get("up"):
+        rtt = u.get("rtt_ms")
+        return f"{u.get('address')} answering" + (f", {rtt:g} ms" if rtt else "") + f", {counts}"
+    why = f" ({u['last_error']})" if u.get("last_error") else ""
+    return f"{u.get('address')} NOT ANSWERING{why}, {counts}"
+
+
 def format_status(st: dict) -> str:
     rows = [("state", st["state_dir"]), ("config", st["config"])]
     if st["running"]:
@@ -216,6 +229,9 @@ def format_status(st: dict) -> str:
         rows.append(("running", "no"))
         rows.append(("bundle", _bundle_line(st["bundle"]) if st["bundle"]
                      else "none yet (`schoolgate run` installs the demo bundle at first start)"))
+    for d in st.get("degraded") or ():
+        rows.append(("policy", f"policy {d.get('policy')} DEGRADED: {', '.join(d.get('missing') or ())} not in "
+                               "the bundle served; its other categories are blocked"))
     u = st["updates"]
     if not u["configured"]:
         rows.append(("updates", "not configured (add updates: with your repository and trusted root)"))
@@ -247,6 +263,11 @@ def format_status(st: dict) -> str:
         if q.get("degraded"):
             line += f"; DEGRADED: {q['degraded']}"
         rows.append(("query log", line))
+        ups = dns.get("upstreams") or []
+        if not ups and dns.get("live"):
+            rows.append(("upstreams", "none configured: allowed names get SERVFAIL (set dns.upstreams)"))
+        for u in ups:
+            rows.append(("upstream", _upstream_line(u)))
     cc = st.get("config_check")
     if cc:
         rows.append(("boot config", f"{cc.get('summary') or '?'} ({cc.get('time') or '?'})"))

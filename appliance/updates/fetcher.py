@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -27,6 +28,8 @@ from urllib.parse import unquote, urlsplit
 
 from tuf.api import exceptions as tuf_exc
 from tuf.ngclient.fetcher import FetcherInterface
+
+from filters.errors import UpdateError
 
 __all__ = ["HttpFetcher", "GAP_TIMEOUT", "READ_CHUNK"]
 
@@ -72,8 +75,9 @@ class HttpFetcher(FetcherInterface):
 
     def __init__(self, *, deadline: float, max_bytes: int, gap_timeout: float = GAP_TIMEOUT,
                  spool_dir: str | Path | None = None, clock: Callable[[], float] = time.monotonic,
-                 user_agent: str = "schoolgate-updater") -> None:
+                 user_agent: str = "schoolgate-updater", repository: str | None = None) -> None:
         self.deadline = deadline
+        self.repository = repository  # its URL as configured, for messages
         self.max_bytes = max_bytes
         self.gap_timeout = gap_timeout
         self.spool_dir = str(spool_dir) if spool_dir is not None else None
@@ -117,6 +121,9 @@ class HttpFetcher(FetcherInterface):
             self._close(dog, conn)
             if dog is not None and dog.fired:
                 raise tuf_exc.SlowRetrievalError("the update's deadline passed before the answer") from exc
+            if dog is None and isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
+                # refused, unreachable, unresolvable: no connection at all
+                raise self._unreachable(exc, parts.hostname, f"{parts.scheme}://{parts.netloc}/") from exc
             raise tuf_exc.DownloadError(f"cannot fetch {url}: {exc}") from exc
         if resp.status != 200:
             self._close(dog, conn, resp)
@@ -128,6 +135,15 @@ class HttpFetcher(FetcherInterface):
             raise tuf_exc.DownloadLengthMismatchError(
                 f"the server announces {int(length):,} bytes; at most {cap:,} are allowed")
         return self._http_chunks(url, conn, sock, resp, dog)
+
+    def _unreachable(self, exc: OSError, host: str, base: str) -> UpdateError:
+        """One message for a repository that cannot be connected to. python-tuf wraps it in
+        a DownloadError; signatures/updater.py unwraps it again, so it reads as said here."""
+        reason = exc.strerror or str(exc)
+        reason = reason[:1].lower() + reason[1:]
+        if isinstance(exc, socket.gaierror):
+            reason = f"cannot resolve {host}: {reason}"
+        return UpdateError(f"cannot reach the update repository {self.repository or base}: {reason}")
 
     @staticmethod
     def _close(dog: _Watchdog | None, conn: http.client.HTTPConnection,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tuf.api import exceptions as tuf_exc
 from tuf.ngclient.fetcher import FetcherInterface
 
 from appliance.config.load import UpdatesConfig
@@ -41,7 +43,15 @@ from appliance.updates.state import (
     set_current,
     write_update_state,
 )
-from filters.errors import BundleError, EnvironmentFault, InputError, SchoolgateError, UpdateError, Where
+from filters.errors import (
+    BundleError,
+    EnvironmentFault,
+    InputError,
+    SchoolgateError,
+    SignatureError,
+    UpdateError,
+    Where,
+)
 from signatures._atomic import fsync_dir
 from signatures.archive import unpack_bundle
 from signatures.bundle import open_bundle
@@ -51,6 +61,9 @@ from signatures.updater import TufClient, UpdateLimits, verify_unpacked
 __all__ = ["UpdateOutcome", "update_once", "recover_state_dir", "JITTER"]
 
 RESULTS = ("updated", "up-to-date", "refused", "failed")
+# python-tuf's UnsignedMetadataError when no signature verifies: "timestamp was signed by 0/1 keys"
+_SIGNED_BY_NONE = re.compile(r"\bsigned by 0/\d+ keys\b")
+Accept = Callable[[Path], "str | None"]
 
 
 @dataclass
@@ -138,10 +151,13 @@ def _prune(state_dir: Path, keep: int) -> None:
 
 
 def _run(state_dir: Path, cfg: UpdatesConfig, fetcher: FetcherInterface, now: datetime,
-         limits: UpdateLimits, outcome: UpdateOutcome, floor: int) -> None:
+         limits: UpdateLimits, outcome: UpdateOutcome, floor: int, accept: Accept | None) -> None:
     trusted_root = _read_root(cfg.trusted_root)
     client = TufClient(state_dir / "tuf", cfg.repository, trusted_root, fetcher, now=now, limits=limits)
-    offer = client.check()
+    try:
+        offer = client.check()
+    except SignatureError as exc:
+        raise _wrong_root(exc, cfg) from exc
     if offer is None:
         raise BundleError("the repository lists no bundle yet")
     outcome.offered_version = offer.version
@@ -157,6 +173,9 @@ def _run(state_dir: Path, cfg: UpdatesConfig, fetcher: FetcherInterface, now: da
     staging = state_dir / "staging" / name
     unpack_bundle(archive, staging)
     verify_unpacked(staging, offered_version=offer.version, active_version=floor, now=now)
+    reason = accept(staging) if accept is not None else None
+    if reason:
+        raise InputError(f"bundle version {offer.version}: {reason}", Where(cfg.repository))
     # The active bundle failed its checks (floor below it): it is replaced, and removed after.
     damaged = outcome.bundle_dir if floor < active_version else None
     if (state_dir / BUNDLES / name).exists() and damaged and damaged.startswith(name):
@@ -176,6 +195,18 @@ def _run(state_dir: Path, cfg: UpdatesConfig, fetcher: FetcherInterface, now: da
     outcome.result, outcome.active_version, outcome.bundle_dir = "updated", offer.version, name
 
 
+def _wrong_root(exc: SignatureError, cfg: UpdatesConfig) -> SignatureError:
+    """``exc`` with the likely cause when not one signature is by a key the trusted root
+    names (python-tuf: "root was signed by 0/2 keys"): the device trusts another
+    repository's root, and which file that is."""
+    cause = exc.__cause__
+    if not (isinstance(cause, tuf_exc.UnsignedMetadataError) and _SIGNED_BY_NONE.search(str(cause))):
+        return exc
+    return SignatureError(f"{exc.message}: not one of its signatures is by a key the trusted root names, so "
+                          f"updates.trusted_root: {cfg.trusted_root} probably does not belong to the "
+                          f"repository {cfg.repository} (or the metadata is forged)", exc.where)
+
+
 def _read_root(path: Path) -> bytes:
     try:
         data = path.read_bytes()
@@ -189,12 +220,14 @@ def _read_root(path: Path) -> bytes:
 def update_once(state_dir: str | Path, cfg: UpdatesConfig, *, now: datetime | None = None,
                 fetcher: FetcherInterface | None = None, limits: UpdateLimits = UpdateLimits(),
                 rand: Callable[[], float] = random.random,
-                monotonic: Callable[[], float] = time.monotonic) -> UpdateOutcome:
+                monotonic: Callable[[], float] = time.monotonic, accept: Accept | None = None) -> UpdateOutcome:
     """Run one update check against ``cfg.repository`` and record it in update-state.json.
 
     Never raises for a refused or failed update — the outcome says what happened; raises
     only when the state directory itself cannot be used (EnvironmentFault) or another
-    update holds the lock (UpdateError).
+    update holds the lock (UpdateError). ``accept``: a last check of the verified bundle
+    directory against what the appliance needs (its config's categories): a reason refuses
+    it, None lets it activate.
     """
     state = Path(state_dir)
     now = (now or datetime.now(UTC)).astimezone(UTC)
@@ -208,9 +241,9 @@ def update_once(state_dir: str | Path, cfg: UpdatesConfig, *, now: datetime | No
         outcome = UpdateOutcome("failed", version or None, bundle_dir=name)
         if fetcher is None:
             fetcher = HttpFetcher(deadline=monotonic() + cfg.timeout, max_bytes=limits.bundle_max_length,
-                                  spool_dir=state / "downloads", clock=monotonic)
+                                  spool_dir=state / "downloads", clock=monotonic, repository=cfg.repository)
         try:
-            _run(state, cfg, fetcher, now, limits, outcome, floor)
+            _run(state, cfg, fetcher, now, limits, outcome, floor, accept)
         except SchoolgateError as exc:
             outcome.result = "refused" if isinstance(exc, InputError) else "failed"
             outcome.error = str(exc)

@@ -5,7 +5,7 @@ manifest), the shared counters (``appliance.observe.stats.SharedStats``, inherit
 process; absent -> counters read as unavailable, the rest still shows), ``flows-state.json``
 (the capture process), the config (policies, networks), temporary allows, and the board
 (disk, memory, CPU temperature, load, uptime from /proc and /sys under an injectable root).
-The record's shape is documented in README ("Web status page and API").
+The record's shape is documented in docs/observability.md ("/api/status").
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from appliance.observe.stats import UP_SUM_US
 from appliance.observe.status import collect_status
 
 __all__ = ["FLOWS_FILE", "read_flows_state", "system_health", "bundle_details", "collect",
-           "software_version", "parse_time", "EMPTY_TOTALS"]
+           "software_version", "parse_time", "upstream_rows", "EMPTY_TOTALS"]
 
 FLOWS_FILE = "flows-state.json"
 EMPTY_TOTALS = {"queries": 0, "blocked": 0, "cache_hits": 0, "forwarded": 0, "rate_limited": 0,
@@ -121,6 +121,8 @@ def _policies(cfg: Config, built) -> list[dict]:
     for n in cfg.networks:
         nets.setdefault(n.policy, []).append(f"{n.name} ({', '.join(n.cidrs)})")
     rules = built.policies.rules if built is not None else {}
+    # categories a policy names and the bundle lacks (appliance/policy/categories.py)
+    missing = {d["policy"]: list(d["missing"]) for d in (getattr(built, "degraded", None) or ())}
     names = list(dict.fromkeys(list(cfg.policies) + list(rules)))
     out = []
     for name in names:
@@ -128,7 +130,8 @@ def _policies(cfg: Config, built) -> list[dict]:
         r = rules.get(name)
         block = list(p.block) if p else list(r.categories) if r else []
         mode = (p.block_mode if p and p.block_mode else cfg.dns.block_mode)
-        out.append({"name": name, "block": block, "block_mode": mode,
+        out.append({"name": name, "block": [c for c in block if c not in missing.get(name, ())], "block_mode": mode,
+                    "missing": missing.get(name, []),
                     "networks": nets.get(name, ["every other client"] if name == "default" else [])})
     return out
 
@@ -140,17 +143,47 @@ def _latency_sums_us(stats) -> list[int]:
     return [int(v) for v in sum(rows[1:], rows[0])] if rows else []
 
 
-def _qps(history: list[dict]) -> float | None:
-    """Queries per second over the last complete minute of the history."""
-    if len(history) < 2:
-        return None
-    last = sorted(history, key=lambda h: h.get("t", 0))[-2]
-    return round(float(last.get("queries", 0)) / 60.0, 2)
+def _qps(history: list[dict], now: datetime) -> float:
+    """Queries per second over the last complete minute (the one before now's): the history
+    leaves quiet minutes out, so that minute is looked up by its time (absent: 0 queries),
+    never taken as "the second-to-last row" (which may be hours old)."""
+    minute = (int(now.timestamp()) // 60 - 1) * 60
+    n = sum(int(h.get("queries") or 0) for h in history if isinstance(h, dict) and h.get("t") == minute)
+    return round(n / 60.0, 2)
+
+
+# What a live health entry (counters.json's "upstreams", written by the serving process:
+# appliance/dns/upstream.py Upstream.status) may add to an upstream's row.
+_HEALTH_KEYS = ("up", "rtt_ms", "last_error", "last_error_at", "last_ok", "checked")
+
+
+def upstream_rows(addresses: list[str], latency: dict, health: list | None) -> list[dict]:
+    """One row per configured upstream (configured order): its address, the shared counters'
+    tries and failures (every worker's, ``upstream_latency_ms`` keyed by index) and, when the
+    running appliance reports it, its live health (``up`` etc.; None where unknown)."""
+    by_index: dict[int, dict] = {}
+    by_address: dict[str, dict] = {}
+    for h in health or []:
+        if isinstance(h, dict):  # matched by address (a reload may reorder); by index without one
+            if isinstance(h.get("address"), str):
+                by_address[h["address"]] = h
+            elif isinstance(h.get("index"), int):
+                by_index[h["index"]] = h
+    out = []
+    for i, address in enumerate(addresses):
+        lat = latency.get(str(i)) if isinstance(latency, dict) else None
+        lat = lat if isinstance(lat, dict) else {}
+        h = by_address.get(address) or by_index.get(i) or {}
+        row = {"address": address, "index": i, "queries": lat.get("queries", h.get("queries")),
+               "errors": lat.get("errors", h.get("errors")), "avg_ms": lat.get("avg_ms")}
+        row.update({k: h.get(k) for k in _HEALTH_KEYS})
+        out.append(row)
+    return out
 
 
 def collect(cfg: Config, built, stats, now: datetime, temporary: list | None = None,
             root: Path = Path("/")) -> dict:
-    """The /api/status record (see README for the shape)."""
+    """The /api/status record (docs/observability.md, "/api/status", shows the shape)."""
     st = collect_status(cfg)
     totals = None
     history: list[dict] = []
@@ -170,10 +203,17 @@ def collect(cfg: Config, built, stats, now: datetime, temporary: list | None = N
     q = int(t.get("queries") or 0)
     dns = {k: t.get(k) for k in ("queries", "blocked", "cache_hits", "forwarded", "rate_limited",
                                  "servfail", "upstream_errors", "blocked_by_category", "upstream_latency_ms")}
-    dns.update(cache_hit_ratio=round(int(t.get("cache_hits") or 0) / q, 4) if q else None, qps=_qps(history),
+    live = st.get("dns") or {}
+    addresses = [upstream_text(u) for u in cfg.dns.upstreams]
+    dns.update(cache_hit_ratio=round(int(t.get("cache_hits") or 0) / q, 4) if q else None,
+               qps=_qps(history, now) if totals is not None else None,
                counters_available=totals is not None, workers=st.get("workers"),
                listen=[f"{h}:{p}" for h, p in cfg.dns.listen],
-               upstreams=[upstream_text(u) for u in cfg.dns.upstreams], block_mode=cfg.dns.block_mode)
+               upstreams=addresses, block_mode=cfg.dns.block_mode,
+               # the running appliance's health of each upstream only when counters.json is its own
+               upstream_status=upstream_rows(addresses, t.get("upstream_latency_ms") or {},
+                                             live.get("upstreams") if live.get("live") else None),
+               counting_since=live.get("since"))
     started = parse_time(st.get("started"))
     flows = read_flows_state(cfg.state_dir)
     return {

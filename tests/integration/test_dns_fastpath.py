@@ -22,6 +22,7 @@ pytest.importorskip("dns", reason="needs dnspython (pip install -e '.[test]')")
 import dns.message  # noqa: E402
 
 from appliance.dns.cache import ArrayCache  # noqa: E402
+from appliance.dns.fastpath import warm_up  # noqa: E402
 from appliance.dns.pipeline import Pipeline  # noqa: E402
 from appliance.dns.ratelimit import ArrayRateLimiter  # noqa: E402
 from appliance.dns.server import DnsServer, open_sockets  # noqa: E402
@@ -64,6 +65,9 @@ def servers(tmp_path_factory):
              "v6": PolicyRule("v6", ("gambling",), gam, BlockAnswers("nxdomain"))}
     policies = PolicySet(rules, NetworkTable([("::1/128", "v6")], "default"))
     hosts = ["127.0.0.1"] + (["::1"] if have_ipv6_loopback() else [])
+    # Kernels loaded here, so the fast server uses them from its first query (a process
+    # that has not loaded them compiles them in a forked child first: appliance/dns/startup.py).
+    warm_up(matcher, policies)
     up_port = free_port()
     loop = asyncio.new_event_loop()
     ports: dict[str, int] = {}

@@ -299,7 +299,7 @@ def test_disk_full_on_the_state_dir(bed) -> None:
 
 
 def test_clock_far_in_the_future(bed) -> None:
-    """README "No clock, no network": a clock running ahead refuses every update as expired;
+    """docs/deployment.md, "No clock, no network": a clock running ahead refuses every update as expired;
     the active bundle keeps filtering."""
     bed.ensure_running()
     active = _serving(bed)
@@ -323,7 +323,7 @@ def test_clock_far_in_the_future(bed) -> None:
 
 
 def test_clock_far_in_the_past(bed) -> None:
-    """A clock running behind accepts metadata (README: it cannot tell it has expired), so
+    """A clock running behind accepts metadata (docs/deployment.md: it cannot tell it has expired), so
     updates still go through; the bundle in force filters throughout."""
     bed.ensure_running()
     nxt = bed.version + 1

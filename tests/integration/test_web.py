@@ -17,6 +17,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import AnyStr
 
 import pytest
 
@@ -89,8 +90,9 @@ def request(port: int, method: str, path: str, body: str | bytes | None = None,
     r = c.getresponse()
     data = r.read()
     h = {k.lower(): v for k, v in r.getheaders()}
-    if r.msg.get_all("Set-Cookie"):
-        h["set-cookie"] = "\n".join(r.msg.get_all("Set-Cookie"))
+    cookies = r.msg.get_all("Set-Cookie")
+    if cookies:
+        h["set-cookie"] = "\n".join(cookies)
     return r.status, h, data
 
 
@@ -129,17 +131,23 @@ def exchange(port: int, *pieces: bytes, timeout: float = DEADLINE) -> tuple[byte
             out += chunk
 
 
+def found(m: re.Match[AnyStr] | None) -> AnyStr:
+    """A search's first group (AssertionError when it did not match)."""
+    assert m is not None, "no match"
+    return m.group(1)
+
+
 def login(port: int) -> tuple[str, str]:
     """(Cookie header value, CSRF token) of a fresh admin session."""
     status, h, page = request(port, "GET", "/login")
-    token = re.search(r'sg_login=([^;]+)', h["set-cookie"]).group(1)
+    token = found(re.search(r'sg_login=([^;]+)', h["set-cookie"]))
     status, h, _ = request(port, "POST", "/login", f"csrf={token}&password={PASSWORD.replace(' ', '+')}",
                            {"Cookie": f"sg_login={token}"})
     assert status == 303, status
-    cookie = re.search(r"(sg_session=[^;]+)", h["set-cookie"]).group(1)
+    cookie = found(re.search(r"(sg_session=[^;]+)", h["set-cookie"]))
     assert "HttpOnly" in h["set-cookie"] and "SameSite=Strict" in h["set-cookie"]
     _, _, page = request(port, "GET", "/", headers={"Cookie": cookie})
-    csrf = re.search(rb'name="csrf" value="([^"]+)"', page).group(1).decode()
+    csrf = found(re.search(rb'name="csrf" value="([^"]+)"', page)).decode()
     return cookie, csrf
 
 
@@ -305,7 +313,7 @@ def assert_clean_refusal(out: bytes, how: str, status: int) -> None:
     assert status_line(out).startswith(b"HTTP/1.1 %d " % status), out[:300]
     head, _, body = out.partition(b"\r\n\r\n")
     assert b"\r\nConnection: close\r\n" in head + b"\r\n" and b"\r\nContent-Security-Policy: " in head
-    assert int(re.search(rb"\r\nContent-Length: (\d+)", head).group(1)) == len(body)
+    assert int(found(re.search(rb"\r\nContent-Length: (\d+)", head))) == len(body)
     assert how == "eof", (how, out[:300])
 
 

@@ -63,7 +63,11 @@ def test_admin_flow_in_chromium(appliance, tmp_path: Path) -> None:
         try:
             page = browser.new_page(viewport={"width": 412, "height": 915})  # a phone
             page.set_default_timeout(DEADLINE * 1000)  # every wait of Playwright's: a loaded machine is slow
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            def dismiss(d) -> None:
+                dialogs.append(d.message)
+                d.dismiss()
+
+            page.on("dialog", dismiss)
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(f"http://127.0.0.1:{web}/")

@@ -128,7 +128,7 @@ def enter_netns(ns: Namespace | str) -> Iterator[None]:
 # The servers wait this long before the TLS handshake: a real server is at least a WAN round
 # trip away, which is the time the gateway has to judge a ClientHello before the server's
 # reply reaches the client (namespaces on one host have no such delay, and this kernel has
-# no netem to add one). README "Live inspection and enforcement" states the limit.
+# no netem to add one). docs/flows.md, "Limits" states the limit.
 WAN_DELAY = 0.05
 
 

@@ -14,9 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from filters import _cidr_kernels
+from filters.catalog import Catalog
 from filters.cidr_matcher import CidrMatcher, IpVerdict
 from filters.cidr_table import CidrTable, build_cidr_table
 from filters.classes import ALLOW_APEX, ALLOW_BELOW, ClassTable, build_classes
+from filters.domain_matcher import Verdict
 from filters.errors import BadNameError, BundleError
 from tests.reference import CidrRule, reference_cidr_match
 
@@ -112,6 +114,21 @@ def test_verdict_carries_class_for_sources() -> None:
     assert v == IpVerdict("10.0.0.9", True, ADULT | DOH, "10.0.0.0/24", 1, 1)
     assert ct.sources(v.cls) == [0, 1]
     assert mm.match("10.0.0.1", ALL).rule == "10.0.0.0/30"
+
+
+def test_explain_names_categories_rule_and_the_deciding_lists() -> None:
+    ct = build_classes([0b000001, 0b000101, 0b010000], [ADULT, DOH, 0], [False, False, True])
+    mm = matcher([("10.0.0.0/8", 0), ("10.0.0.0/24", 1), ("10.0.0.0/30", 2)], ct)
+    cat = Catalog(("adult", "gambling", "doh"), ("adult: a.txt", "doh: d.txt", "allow: ok.txt"),
+                  (ADULT, DOH, 0), (False, False, True))
+    why = mm.explain(mm.match("10.0.0.9", ALL), cat, ALL)
+    assert why == Verdict("10.0.0.9", True, ("adult", "doh"), "10.0.0.0/24", ("adult: a.txt", "doh: d.txt"))
+    # under a policy blocking doh alone, only the doh list decided
+    assert mm.explain(mm.match("10.0.0.9", DOH), cat, DOH).sources == ("doh: d.txt",)
+    assert mm.explain(mm.match("10.0.0.1", ALL), cat, ALL) == Verdict(
+        "10.0.0.1", False, ("adult", "doh"), "10.0.0.0/30", ("allow: ok.txt",))
+    assert mm.explain(mm.match("::ffff:10.9.9.9", GAMBLING), cat, GAMBLING) == Verdict(
+        "::ffff:10.9.9.9", False, ("adult",), None, ())
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,8 @@ updates:
         f"{f}:4:13: updates.interval must be a duration from 1 s to 168 h (e.g. 90s, 30m, 1h)",
         f"{f}:5:12: updates.timeout must be a duration (e.g. 90s, 30m, 1h)",
         f"{f}:6:9: updates.keep must be a whole number from 1 to 100",
-        f"{f}:7:3: unknown key updates.mirror (known: interval, keep, repository, timeout, trusted_root)",
+        f"{f}:7:3: unknown key updates.mirror (known: interval, keep, missing_categories, repository, timeout, "
+        "trusted_root)",
     ]
     f.write_text("updates:\n  repository: http://x/\n  timeout: 2d\n")
     with pytest.raises(ConfigErrors) as info:

@@ -128,8 +128,9 @@ def test_the_image_template_validates_as_installed(tmp_path: Path) -> None:
     load_config(f)
 
 
-def test_the_readme_config_examples_validate() -> None:
-    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)]
+def test_the_documented_config_examples_validate() -> None:
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    blocks = [yaml.safe_load(b) for d in docs for b in re.findall(r"```yaml\n(.*?)```", d.read_text(), re.S)]
     configs = [b for b in blocks if "categories" not in b]  # not SOURCES.yaml
     assert len(configs) >= 4
     v = Draft202012Validator(load_schema())
@@ -209,7 +210,8 @@ log: {retention_days: 0, colour: red}
         # a list item the schema refused keeps its index: the loader's own check of the
         # next-but-one still says [2]
         "c.yaml:3:31: dns.listen[2]: not an IP address with optional port (1.2.3.4:53 or [::1]:53): 'localhost'",
-        "c.yaml:4:46: dns.upstreams[1]: not an IP address with optional port (1.2.3.4:53 or [::1]:53): 'nowhere:53'",
+        "c.yaml:4:46: dns.upstreams[1]: not an IP address with optional port (1.2.3.4:53 or [::1]:53), or system: "
+        "'nowhere:53'",
         "c.yaml:5:15: dns.block_mode: blockpage needs dns.blockpage addresses",
         "c.yaml:6:18: dns.cache_max_ttl must be a duration from 0 s to 168 h (e.g. 500ms, 2s, 1h)",
         "c.yaml:8:18: networks.kids.cidrs[0]: not a CIDR (10.10.0.0/16 or fd00::/8): '10.0.0.300/8'",
@@ -230,6 +232,23 @@ def test_a_value_the_schema_refused_is_not_reported_again() -> None:
         "c.yaml:1:15: policies.p must be a mapping"]
 
 
+def test_a_bare_null_block_mode_is_refused_at_its_place(tmp_path: Path) -> None:
+    # YAML's bare null is no value, not the null mode: refused (it used to pass as "unset"),
+    # with the two things the writer may have meant.
+    f = tmp_path / "c.yaml"
+    f.write_text("policies:\n  guest:\n    block: [gambling]\n    block_mode: null\n"
+                 "dns:\n  block_mode:\n")
+    hint = ('must be one of nxdomain, null, refused, blockpage (a bare null is no value: remove the key '
+            'for the default; write "null" in quotes for the null mode)')
+    assert _errors(f.read_text()) == [f"c.yaml:4:17: policies.guest.block_mode {hint}",
+                                      f"c.yaml:6:14: dns.block_mode {hint}"]
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["check-config", str(f)], out, err) == 2
+    assert f"{f}:4:17: policies.guest.block_mode {hint}" in err.getvalue().splitlines()
+    cfg = load_config("c.yaml", 'policies:\n  guest: {block: [], block_mode: "null"}\n  p: {block: []}\n')
+    assert (cfg.policies["guest"].block_mode, cfg.policies["p"].block_mode) == ("null", None)
+
+
 def test_yaml_one_one_spellings_still_load() -> None:
     # YAML 1.1 (PyYAML) reads a bare off as false: the schema takes both spellings.
     cfg = load_config("c.yaml", "log: {queries: off}\npolicies: {p: {safesearch: {youtube: off}}}\n")
@@ -247,7 +266,7 @@ def test_check_config_json_lists_schema_errors(tmp_path: Path) -> None:
                                                                         (str(f), 4, 7)]
     assert [e["message"].split(" ")[0] for e in got["errors"]] == ["dns.upstreams[0]", "dns.workers", "unknown"]
     assert "web.colour" in got["errors"][2]["message"]
-    f.write_text("# yaml-language-server: $schema=../schema.json\ndns: {listen: '127.0.0.1:5353'}\n")
+    f.write_text("# yaml-language-server: $schema=../schema.json\ndns: {listen: '127.0.0.1:5353', upstreams: []}\n")
     out = io.StringIO()
     assert main(["check-config", str(f), "--json"], out, err) == 0
-    assert json.loads(out.getvalue()) == {"ok": True, "errors": []}
+    assert json.loads(out.getvalue()) == {"ok": True, "errors": [], "warnings": []}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -92,7 +93,9 @@ def cookie_of(resp, name: str) -> str | None:
 
 def login(app: WebApp, password: str = PASSWORD, client: str = "127.0.0.1"):
     form = run(app, req("GET", "/login", client=client))
-    token = cookie_of(form, LOGIN_COOKIE).split(";")[0].split("=", 1)[1]
+    set_cookie = cookie_of(form, LOGIN_COOKIE)
+    assert set_cookie is not None
+    token = set_cookie.split(";")[0].split("=", 1)[1]
     assert f'value="{token}"' in form.body.decode()
     return run(app, req("POST", "/login", f"Cookie: {LOGIN_COOKIE}={token}",
                         body=f"csrf={token}&password={password.replace(' ', '+')}".encode(), client=client))
@@ -103,7 +106,7 @@ def admin(app: WebApp) -> tuple[str, str]:
     r = login(app)
     assert r.status == 303, r
     sc = cookie_of(r, SESSION_COOKIE)
-    assert "HttpOnly" in sc and "SameSite=Strict" in sc and "Secure" not in sc
+    assert sc is not None and "HttpOnly" in sc and "SameSite=Strict" in sc and "Secure" not in sc
     cookie = f"Cookie: {sc.split(';')[0]}"
     page = run(app, req("GET", "/", cookie)).body.decode()
     csrf = page.split('name="csrf" value="')[1].split('"')[0]
@@ -422,7 +425,8 @@ def test_block_page_and_unblock_requests(app: WebApp) -> None:
     r = run(app, req("POST", "/admin/unblock", cookie,
                      body=f"csrf={csrf}&id={rid}&decision=temporary&duration=4h".encode()))
     assert r.status == 200
-    assert UnblockStore(app.state_dir).get(rid)["decision"] == "allowed (temporary)"
+    decided = UnblockStore(app.state_dir).get(rid)
+    assert decided is not None and decided["decision"] == "allowed (temporary)"
     again = req("POST", "/admin/unblock", cookie, body=f"csrf={csrf}&id={rid}&decision=reject".encode())
     assert run(app, again).status == 409
     other = UnblockStore(app.state_dir).all()[1]["id"]
@@ -461,3 +465,253 @@ def test_boot_config_errors_shown_escaped(app: WebApp) -> None:
     assert "<img" not in page and "&lt;img src=x" in page
     st = json.loads(run(app, req("GET", "/api/status")).body)
     assert st["config_check"]["ok"] is False and st["config_check"]["errors"]
+
+
+# -- the status page's text: formatted for people, first-run checklist, chart = counters ------
+
+# What must never reach a page's visible text: Python/JSON structures and reprs, numpy
+# scalars, booleans, floats with many decimals, ISO timestamps.
+RAW = re.compile(r"[{}\[\]]|np\.|\bNone\b|\bTrue\b|\bFalse\b|\d\.\d{4,}|\d{4}-\d\d-\d\dT\d\d:\d\d")
+
+
+def page_text(page: str) -> str:
+    p = Texts()
+    p.feed(page)
+    return re.sub(r"\s+", " ", " ".join(p.text))
+
+
+def assert_no_raw(page: str) -> None:
+    text = page_text(page)
+    found = [text[max(m.start() - 40, 0):m.end() + 40] for m in RAW.finditer(text)]
+    assert not found, found
+
+
+def by_id(page: str, ident: str) -> str:
+    """The text of the element with ``id`` (up to its first closing tag)."""
+    m = re.search(rf'id="{re.escape(ident)}"[^>]*>(.*?)</', page, re.S)
+    assert m, ident
+    return m.group(1)
+
+
+def first_run_record() -> dict:
+    """A fresh appliance's record, as data.collect makes it: the demo bundle, no updates, one
+    upstream answering and one not (with the error), one upstream error, a minute history."""
+    t = int(NOW.timestamp())
+    history = [{"t": t - 60 * k, "queries": 3, "blocked": 1} for k in range(1, 11)]
+    return {
+        "version": "0.1.0", "time": "2026-11-25T12:00:00Z",
+        "appliance": {"running": True, "pid": 7, "started": "2026-11-25T11:50:00Z", "uptime_s": 600,
+                      "config": None, "state_dir": "/var/lib/schoolgate"},
+        "bundle": {"version": 1, "demo": True, "how": "demo", "path": "/x", "created": "2026-11-15T11:25:52.123456Z",
+                   "expires": "2036-11-21T21:25:52Z", "age_s": 10 * 86400, "expires_in_s": 3650 * 86400,
+                   "domains": 1146, "categories": {"gambling": 323, "drugs": 521}},
+        "updates": {"configured": False},
+        "dns": {"queries": 30, "blocked": 10, "cache_hits": 3, "forwarded": 20, "rate_limited": 0, "servfail": 1,
+                "upstream_errors": 1, "blocked_by_category": {"gambling": 10},
+                "upstream_latency_ms": {"0": {"queries": 19, "errors": 0, "avg_ms": 1.234567891234,
+                                              "histogram_ms": {"1": 10, "inf": 0}},
+                                        "1": {"queries": 1, "errors": 1, "avg_ms": None, "histogram_ms": {}}},
+                "cache_hit_ratio": 0.1, "qps": 0.05, "counters_available": True, "workers": 1,
+                "listen": ["127.0.0.1:5353"], "upstreams": ["9.9.9.9:53", "127.0.0.53:53"], "block_mode": "nxdomain",
+                "upstream_status": [
+                    {"address": "9.9.9.9:53", "index": 0, "up": True, "rtt_ms": 1.23456789, "avg_ms": 1.2345678,
+                     "queries": 19, "errors": 0, "last_error": None},
+                    {"address": "127.0.0.53:53", "index": 1, "up": False, "rtt_ms": 0.0, "avg_ms": None,
+                     "queries": 1, "errors": 1, "last_error": f"connection refused {XSS}"}],
+                "counting_since": "2026-11-25T11:50:00Z"},
+        "flows": {"state": None, "counters": {"seen": 0, "blocked": 0, "reset": 0, "by_proto": {}}},
+        "system": {"disk": {"total": 10 ** 11, "free": 8 * 2 ** 30, "used_pct": 9.4}, "memory": None,
+                   "cpu_temp_c": None, "load": [0.123456789, 0.2, 0.3], "uptime_s": 86400 * 3},
+        "history": history,
+        "top_blocked": [["casino.test", 10]],
+        "policies": [{"name": "default", "block": ["gambling"], "block_mode": "nxdomain",
+                      "networks": ["every other client"]}],
+        "temporary_allows": [],
+        "config_check": None,
+    }
+
+
+def test_status_page_first_run_record() -> None:
+    from appliance.web.pages import status_page
+
+    page = status_page(first_run_record(), NOW, None, None, False).decode()
+    assert_no_raw(page)
+    text = page_text(page)
+    # each upstream by its address, with its state; the failing one loudly, with its error (escaped)
+    assert "9.9.9.9:53" in text and "127.0.0.53:53" in text
+    assert '<span class="badge bad">not answering</span>' in page and "answering" in text
+    assert f"connection refused {XSS}" in text and XSS not in page
+    assert "1 of 2 answering" in text and "rtt 1.2 ms" in text
+    # plurals
+    assert "1 error" in text and "1 errors" not in text and "1 failed try in all" in text
+    assert "19 queries" in text and "1 query" in text and "1 worker" in text
+    # times and sizes for people
+    assert "10 days ago" in text and "in 10 years" in text and "8.0 GiB free" in text
+    assert "0.12 · 0.20 · 0.30" in text and "appliance 10 min" in text and "system 3 days" in text
+    # every checklist item is to do, each saying what to do
+    for key, hint in (("lists", "updates:"), ("upstreams", "127.0.0.53:53"),
+                      ("admin", "schoolgate web hash-password"), ("updates", "trusted_root:")):
+        item = page.split(f'id="check-{key}"')[1].split("</li>")[0]
+        assert 'class="todo"' in page.split(f'id="check-{key}"')[1][:20] and "to do" in item and hint in item, key
+    assert "First-run checklist: 0 of 4 done" in text
+
+
+def test_status_page_plural_and_counts() -> None:
+    from appliance.web.pages import status_page
+
+    rec = first_run_record()
+    rec["dns"]["upstream_errors"] = 2
+    rec["dns"]["upstream_status"][1].update(queries=2, errors=2)
+    text = page_text(status_page(rec, NOW, None, None, False).decode())
+    assert "2 errors" in text and "2 failed tries in all" in text and "2 queries" in text
+    rec["dns"].update(queries=1234567, upstream_status=[dict(rec["dns"]["upstream_status"][0], errors=1234)])
+    text = page_text(status_page(rec, NOW, None, None, False).decode())
+    assert "1,234,567" in text and "1,234 errors" in text
+
+
+def test_status_page_missing_fields() -> None:
+    """A record with only what cannot be missing: the page renders, unknowns show as a dash
+    or "unknown", never as None."""
+    from appliance.web.pages import status_page
+
+    for rec in ({"version": "0.1.0", "time": "2026-11-25T12:00:00Z"},
+                {"version": "0.1.0", "time": "2026-11-25T12:00:00Z", "appliance": {}, "bundle": {"demo": None},
+                 "updates": {}, "dns": {"counters_available": True, "upstreams": ["9.9.9.9:53"]}, "system": {},
+                 "flows": {"state": {"enabled": True}}, "history": [{"t": "x"}, None], "top_blocked": [[1]]}):
+        page = status_page(rec, NOW, None, None, True).decode()
+        assert_no_raw(page)
+        for key in ("lists", "upstreams", "updates"):
+            assert page.split(f'id="check-{key}"')[1].startswith(' class="unknown"'), (key, rec)
+        assert page.split('id="check-admin"')[1].startswith(' class="done"')
+    # an upstream with no live health and no tries yet: "no queries yet", the item unknown
+    assert "no queries yet" in page_text(page)
+
+
+def test_checklist_gone_when_everything_is_done() -> None:
+    from appliance.web.pages import checklist, status_page
+
+    rec = first_run_record()
+    rec["bundle"].update(demo=False, how="active")
+    rec["updates"] = {"configured": True, "repository": "https://lists.example.org/sg/", "interval_s": 3600,
+                      "last_check": "2026-11-25T11:57:00.123456Z", "last_result": "up-to-date", "last_error": None,
+                      "last_success": "2026-11-25T11:57:00Z", "next_check": "2026-11-25T12:57:00Z"}
+    rec["dns"]["upstream_status"] = rec["dns"]["upstream_status"][:1]
+    assert [state for _k, state, _t, _w in checklist(rec, True)] == ["done"] * 4
+    page = status_page(rec, NOW, None, None, True).decode()
+    assert 'id="checklist"' not in page and "Serving the <strong>DEMO" not in page
+    assert_no_raw(page)
+    text = page_text(page)
+    assert "3 min ago" in text and "in 57 min" in text and "every 1 h" in text
+    # one item not done brings the list back, with only that one to do
+    states = {k: s for k, s, _t, _w in checklist(rec, False)}
+    assert states == {"lists": "done", "upstreams": "done", "admin": "todo", "updates": "done"}
+    assert 'id="checklist"' in status_page(rec, NOW, None, None, False).decode()
+
+
+def test_upstream_state_from_health_or_counters() -> None:
+    from appliance.web.pages import upstream_rows, upstream_state
+
+    def state(**row) -> str:
+        return upstream_state(upstream_rows({"upstream_status": [dict({"address": "a"}, **row)]})[0])
+
+    assert state(up=True, queries=3, errors=0) == "up"
+    assert state(up=False, queries=3, errors=3) == "down"
+    # out of its back-off ("up" again) but its last try failed: still not answering
+    assert state(up=True, queries=3, errors=3, last_error="connection refused") == "down"
+    assert state(queries=3, errors=3) == "down" and state(queries=3, errors=1) == "up"
+    assert state() == "unknown" and state(up="yes") == "unknown"
+    # without upstream_status: addresses (or dicts) and the counters by index
+    rows = upstream_rows({"upstreams": ["1.1.1.1:53", {"address": "2.2.2.2:53", "up": False}],
+                          "upstream_latency_ms": {"0": {"queries": 4, "errors": 0, "avg_ms": 2.5}}})
+    assert [(r["address"], upstream_state(r), r["avg_ms"]) for r in rows] == [
+        ("1.1.1.1:53", "up", 2.5), ("2.2.2.2:53", "down", None)]
+
+
+def test_upstream_rows_merge_live_health() -> None:
+    from appliance.web.data import upstream_rows
+
+    rows = upstream_rows(["9.9.9.9:53", "127.0.0.53:53"],
+                         {"0": {"queries": 10, "errors": 1, "avg_ms": 3.0}},
+                         [{"address": "127.0.0.53:53", "index": 0, "up": False, "rtt_ms": 0.0, "queries": 2,
+                           "errors": 2, "last_error": "connection refused"}])
+    assert rows[0] == {"address": "9.9.9.9:53", "index": 0, "queries": 10, "errors": 1, "avg_ms": 3.0,
+                       "up": None, "rtt_ms": None, "last_error": None, "last_error_at": None, "last_ok": None,
+                       "checked": None}
+    # matched by address, not by the (stale) index; its own counts when the shared ones lack it
+    assert (rows[1]["up"], rows[1]["last_error"], rows[1]["queries"]) == (False, "connection refused", 2)
+
+
+def test_people_formats() -> None:
+    from appliance.web.pages import count, duration, nbytes, plural
+
+    assert [plural(n, "error") for n in (0, 1, 2, 1234)] == ["0 errors", "1 error", "2 errors", "1,234 errors"]
+    assert plural(1, "query", "queries") == "1 query" and plural(None, "error") == "— errors"
+    assert [count(x) for x in (1234567, 2.6, None, True, "7", float("nan"))] == ["1,234,567", "3", "—", "—", "—", "—"]
+    assert [nbytes(x) for x in (512, 1536, 5 * 2 ** 20, 77.8 * 2 ** 30, 300 * 2 ** 20)] == [
+        "512 B", "1.5 KiB", "5.0 MiB", "77.8 GiB", "300 MiB"]
+    assert [duration(x) for x in (9, 125, 3 * 3600 + 300, 30 * 3600, 86400 * 10, 86400 * 3650)] == [
+        "9 s", "2 min", "3 h 5 min", "1 day 6 h", "10 days", "10 years"]
+
+
+def test_chart_total_is_the_counter_it_claims_to_show() -> None:
+    """The legend's totals, the "Last 24 hours" counter and the data are one Series: a minute
+    in the window counts in all three, one outside it (25 h ago) in none."""
+    from appliance.web.charts import N_BUCKETS, axis_top, history_series
+    from appliance.web.pages import status_page
+
+    t = int(NOW.timestamp())
+    history = ([{"t": t - 60 * k, "queries": 100 + k, "blocked": k % 7} for k in range(0, 1440, 7)]
+               + [{"t": t - 25 * 3600, "queries": 99999, "blocked": 999}])
+    rec = first_run_record()
+    rec["history"] = history
+    series = history_series(history, t)
+    inside = [h for h in history if h["t"] > t - 86400]
+    assert len(series.queries) == N_BUCKETS
+    assert series.total_queries == sum(h["queries"] for h in inside)
+    assert series.total_blocked == sum(h["blocked"] for h in inside)
+    page = status_page(rec, NOW, None, None, False).decode()
+    legend_q, legend_b = (int(by_id(page, i).replace(",", "")) for i in ("chart-queries", "chart-blocked"))
+    counter = int(by_id(page, "count-24h").replace(",", ""))
+    assert legend_q == counter == series.total_queries and legend_b == series.total_blocked
+    assert f"{series.total_blocked:,} blocked" in page.split('id="count-24h"')[1].split("</div>")[0]
+    # the axis reaches the busiest bucket, and its label is the scale the points are drawn at
+    top = int(by_id(page, "chart-top").replace(",", ""))
+    assert top == axis_top(series.peak) >= series.peak and top < 2 * series.peak
+    ys = [float(p.split(",")[1]) for p in page.split('<polyline')[1].split('points="')[1].split('"')[0].split()]
+    assert min(ys) == pytest.approx(100 - series.peak * 100 / top, abs=0.01) and max(ys) <= 100
+
+
+def test_chart_and_counters_agree_on_the_real_data_path(tmp_path: Path, bundle: Path) -> None:
+    """Shared counters written as a DNS worker writes them (counted, then folded into the
+    minute history): the chart's total, the "Last 24 hours" counter and the Queries counter
+    show one number, and "per second" is the last complete minute's."""
+    cfg_file = tmp_path / "sg.yaml"
+    cfg_file.write_text(f"state_dir: {tmp_path}/state\nbundle: {bundle}\n")
+    (tmp_path / "state").mkdir()
+    stats = SharedStats.create(slots_for(1), clock=lambda: NOW.timestamp())
+    w = stats.slot(0)
+    t = NOW.timestamp()
+    for minutes_ago, n, blocked in ((300, 40, 5), (61, 17, 2), (1, 120, 9)):
+        w.add("queries", n)
+        for _ in range(blocked):
+            w.count_blocked(1)
+        w.roll(w.get("queries"), w.get("blocked"), t - 60 * minutes_ago)
+    app = WebApp(load_config(cfg_file), Assembly(str(cfg_file)), stats=stats, clock=lambda: NOW, mono=Clock())
+    page = run(app, req("GET", "/")).body.decode()
+    assert_no_raw(page)
+    assert (by_id(page, "chart-queries"), by_id(page, "count-24h"), by_id(page, "count-queries")) == ("177",) * 3
+    assert by_id(page, "chart-blocked") == "16" == by_id(page, "count-blocked")
+    assert by_id(page, "count-qps") == "2.00"  # 120 queries in the minute before now's
+    assert json.loads(run(app, req("GET", "/api/status")).body)["dns"]["qps"] == 2.0
+
+
+def test_busy_record_page_is_clean(busy_app: WebApp) -> None:
+    """The busy appliance (two upstreams, one DoT, failures in both): no raw value, each
+    upstream by its configured text, errors counted in words."""
+    page = run(busy_app, req("GET", "/")).body.decode()
+    assert_no_raw(page)
+    text = page_text(page)
+    assert "9.9.9.9:53" in text and "tls://1.1.1.1:853#cloudflare-dns.com" in text
+    assert "14 queries · 2 errors" in text and "4 queries · 1 error" in text and "4 failed tries in all" in text
+    assert "48.3 °C" in text and "2,401" in text
+    assert "<script" not in page and "style=" not in page
