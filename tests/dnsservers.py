@@ -6,6 +6,7 @@ stopped by its own pid when the test is done.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -66,6 +67,19 @@ class Proc:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def records(self, msg: str | None = None) -> list[dict]:
+        """The JSON log records written so far (only those whose msg is ``msg``, if given);
+        lines that are not JSON objects (a traceback) are skipped."""
+        out = []
+        for line in self.text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and (msg is None or rec.get("msg") == msg):
+                out.append(rec)
+        return out
 
     def signal(self, sig: int) -> None:
         self.p.send_signal(sig)

@@ -81,15 +81,21 @@ updates:
 """)
 
 
-def test_a_district_config_on_a_fresh_box_ends_filtering_with_the_district_bundle(tmp_path: Path) -> None:
+def district_repository(tmp_path: Path, **categories: tuple[str, ...]) -> tuple[Path, RepoServer, Upstream]:
+    """The district's signed repository with bundle version 5 (the demo bundle a fresh box
+    serves first is version 1) on 127.0.0.1, its root.json beside the config, and an
+    upstream; the repository directory (publish more into it with the keys in keys/)."""
     now = datetime.now(UTC)
     keys, repo = tmp_path / "keys", tmp_path / "repo"
     generate_keys(keys)
-    # version 5: the demo bundle a fresh box serves first is version 1
-    publish(repo, make_bundle(tmp_path / "b1", 5, now=now, categories={"malware": ("malware.test",)}),
-            Keyring(keys), now)
+    publish(repo, make_bundle(tmp_path / "b1", 5, now=now, categories=categories), Keyring(keys), now)
     shutil.copyfile(repo / "metadata" / "root.json", tmp_path / "root.json")
-    server, upstream = RepoServer(repo), Upstream()
+    return repo, RepoServer(repo), Upstream()
+
+
+def test_a_district_config_on_a_fresh_box_ends_filtering_with_the_district_bundle(tmp_path: Path) -> None:
+    repo, server, upstream = district_repository(tmp_path, malware=("malware.test",))
+    keys = tmp_path / "keys"
     port = free_port()
     config = tmp_path / "schoolgate.yaml"
     district_config(config, port, upstream.port, server.url)
@@ -143,20 +149,15 @@ def test_a_district_config_on_a_fresh_box_ends_filtering_with_the_district_bundl
             assert code == 2
             assert "policy default: unknown category 'adult'" in err and "publish one with it" in err
         finally:
-            code = sg.stop()
-        assert code == 0, sg.text()[-3000:]
+            stopped = sg.stop()
+        assert stopped == 0, sg.text()[-3000:]
     finally:
         server.close()
         upstream.close()
 
 
 def test_degrade_activates_a_bundle_without_a_category_and_says_so(tmp_path: Path) -> None:
-    now = datetime.now(UTC)
-    keys, repo = tmp_path / "keys", tmp_path / "repo"
-    generate_keys(keys)
-    publish(repo, make_bundle(tmp_path / "b1", 5, now=now), Keyring(keys), now)
-    shutil.copyfile(repo / "metadata" / "root.json", tmp_path / "root.json")
-    server, upstream = RepoServer(repo), Upstream()
+    _, server, upstream = district_repository(tmp_path)
     port = free_port()
     config = tmp_path / "schoolgate.yaml"
     district_config(config, port, upstream.port, server.url)
@@ -169,26 +170,20 @@ def test_degrade_activates_a_bundle_without_a_category_and_says_so(tmp_path: Pat
         sg = start_schoolgate(config, tmp_path, port)
         try:
             wait_for(lambda: status(config).get("degraded") == [{"policy": "default", "missing": ["malware"]}],
-                     DEADLINE, "the policy marked degraded", sg)
+                     DEADLINE, "the policy marked degraded")
             assert rcode(port, "casino.test") == "NXDOMAIN"  # the categories it has still block
             code, text, _ = run_cli("status", "--config", str(config))
             assert "policy default DEGRADED: malware not in the bundle" in text
         finally:
-            code = sg.stop()
-        assert code == 0, sg.text()[-3000:]
+            stopped = sg.stop()
+        assert stopped == 0, sg.text()[-3000:]
     finally:
         server.close()
         upstream.close()
 
 
 def test_the_first_hour_in_a_browser(tmp_path: Path, browser) -> None:  # noqa: F811 (the fixture)
-    now = datetime.now(UTC)
-    keys, repo = tmp_path / "keys", tmp_path / "repo"
-    generate_keys(keys)
-    publish(repo, make_bundle(tmp_path / "b1", 5, now=now, categories={"malware": ("malware.test",)}),
-            Keyring(keys), now)
-    shutil.copyfile(repo / "metadata" / "root.json", tmp_path / "root.json")
-    server, upstream = RepoServer(repo), Upstream()
+    _, server, upstream = district_repository(tmp_path, malware=("malware.test",))
     port, web = free_port(), free_port()
     config = tmp_path / "schoolgate.yaml"
     district_config(config, port, upstream.port, server.url, extra=f'web: {{listen: "127.0.0.1:{web}"}}\n')
@@ -233,8 +228,8 @@ def test_the_first_hour_in_a_browser(tmp_path: Path, browser) -> None:  # noqa: 
                 finally:
                     page.close()
         finally:
-            code = sg.stop()
-        assert code == 0, sg.text()[-3000:]
+            stopped = sg.stop()
+        assert stopped == 0, sg.text()[-3000:]
     finally:
         server.close()
         upstream.close()

@@ -56,18 +56,6 @@ def status(cfg: Path) -> dict:
     return json.loads(out.stdout)
 
 
-def counters_logged(text: str) -> list[dict]:
-    out = []
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("msg") == "counters":
-            out.append(rec)
-    return out
-
-
 def wait_for(pred, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -108,12 +96,12 @@ def test_two_workers_count_every_query_once(env) -> None:
     sg = start_schoolgate(cfg, tmp, port, name="sg-counters")
     try:
         sg.signal(signal.SIGUSR1)
-        before = wait_for(lambda: counters_logged(sg.text()), DEADLINE, "the first counters line")[-1]["counters"]
+        before = wait_for(lambda: sg.records("counters"), DEADLINE, "the first counters line")[-1]["counters"]
         names = ([f"n{i}.casino.test" for i in range(150)] + [f"w{i}.allowed.test" for i in range(100)]
                  + ["allowed.test"] * 150)
         assert send_from_many_ports(port, names) == len(names)
         sg.signal(signal.SIGUSR1)
-        after = wait_for(lambda: counters_logged(sg.text())[1:], DEADLINE, "the second counters line")[-1]["counters"]
+        after = wait_for(lambda: sg.records("counters")[1:], DEADLINE, "the second counters line")[-1]["counters"]
         assert after["queries"] - before["queries"] == len(names)
         assert after["blocked"] - before["blocked"] == 150
         assert after["blocked_by_category"]["gambling"] - before["blocked_by_category"].get("gambling", 0) == 150
@@ -134,7 +122,7 @@ def test_two_workers_count_every_query_once(env) -> None:
     finally:
         assert sg.stop() == 0, sg.text()[-3000:]
     # At stop each worker logs its own counts: both served, and they add up to the total.
-    final = [r["counters"] for r in counters_logged(sg.text()) if "this_worker" in r["counters"]]
+    final = [r["counters"] for r in sg.records("counters") if "this_worker" in r["counters"]]
     mine = [r["this_worker"]["queries"] for r in final]
     assert len(mine) == 2 and all(n > 0 for n in mine), mine
     assert sum(mine) == final[-1]["queries"]
