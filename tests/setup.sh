@@ -18,10 +18,12 @@ cd "$(dirname "$0")/.."
 #   and flow tests; nftables and iproute2: flow enforcement in network namespaces;
 #   chromium: the web page's browser test (Playwright drives the system browser, no
 #   `playwright install`); faketime: the gateway test bed under a shifted clock;
-#   prometheus: promtool checks /metrics; stress-ng: loads the machine (CI's load runs).
+#   prometheus: promtool checks /metrics; stress-ng: loads the machine (CI's load runs);
+#   nsd and bind9-utils (dnssec-keygen, dnssec-signzone): the DNSSEC forwarding tests (a signed
+#   zone served by NSD; delv comes with dnsutils).
 tools="python3-venv: dnsutils:dig knot-dnsutils:kdig dnsmasq:dnsmasq dnsperf:dnsperf unbound:unbound
 tshark:tshark tcpdump:tcpdump curl:curl nftables:nft iproute2:ip chromium:chromium faketime:faketime
-prometheus:promtool stress-ng:stress-ng"
+prometheus:promtool stress-ng:stress-ng nsd:nsd bind9-utils:dnssec-signzone"
 
 installed() {  # a Debian package, installed
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
@@ -66,3 +68,9 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+# The DNS kernels into numba's cache (next to the sources), as an install would: the tests
+# then start services as a box does after its first start (tests/integration/test_startup.py
+# covers the first start itself, with a cache of its own). A throwaway state directory.
+warm_state=$(mktemp -d)
+XDG_STATE_HOME=$warm_state SCHOOLGATE_RESOLV_CONF=/dev/null .venv/bin/schoolgate warm-up
+rm -rf "$warm_state"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import cast
@@ -26,7 +27,7 @@ from typing import cast
 from appliance.dns.fastpath import FastPath, warm_up, warmed
 from appliance.dns.fastpath import usable as fast_usable
 from appliance.dns.pipeline import Forward, Pipeline
-from appliance.dns.startup import BackgroundWarmUp
+from appliance.dns.startup import PROGRESS_AFTER, BackgroundWarmUp, warm_plain
 from appliance.dns.upstream import UpstreamSet
 from appliance.memory import release_file_pages
 from appliance.observe.holders import listen_error
@@ -110,13 +111,18 @@ class DnsServer:
 
     async def start(self, sockets: list[tuple[socket.socket, socket.socket]]) -> None:
         loop = asyncio.get_running_loop()
-        if self.fast is not None:
-            if warmed():  # loaded before this worker was forked (appliance/dns/workers.py)
-                self.fast_ready = True
-            else:  # compiled (or loaded from numba's cache) in a child; the plain loop serves
-                p = self.pipeline
+        p = self.pipeline
+        if not warmed():  # not loaded before this worker was forked (appliance/dns/workers.py)
+            t0 = time.monotonic()
+            warm_plain(p)  # the kernels the plain loop calls: no client query waits on a compile
+            if time.monotonic() - t0 > PROGRESS_AFTER:
+                log.info("compiled the DNS kernels the plain loop needs in %.1f s (first start after "
+                         "an install or upgrade)", time.monotonic() - t0)
+            if self.fast is not None:  # compiled (or loaded from numba's cache) in a child
                 self._warming = BackgroundWarmUp(lambda: warm_up(p.matcher, p.policies))
                 self._warm_check = loop.call_later(_WARM_POLL, self._warm_done)
+        elif self.fast is not None:
+            self.fast_ready = True
         for udp, tcp in sockets:
             self._udp.append(udp)
             loop.add_reader(udp.fileno(), self._udp_ready, udp)

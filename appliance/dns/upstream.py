@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import socket
 import ssl
@@ -36,7 +37,7 @@ from appliance.observe.stats import StatsSlot
 from filters.dns_response import answers_question
 from filters.dns_wire import make_query
 
-__all__ = ["Upstream", "UpstreamSet", "MAX_TRIES", "upstream_text", "failure_text"]
+__all__ = ["Upstream", "UpstreamSet", "MAX_TRIES", "upstream_text", "failure_text", "failure_code", "health_rows"]
 
 log = logging.getLogger("schoolgate.dns")
 
@@ -50,15 +51,51 @@ BACKOFF_FIRST, BACKOFF_MAX = 2.0, 60.0
 _RECV = 65535
 
 
-def failure_text(exc: BaseException, timeout: float) -> str:
-    """Why a try at an upstream failed, in words: ``connection refused``, ``no answer within 1.5 s``."""
+# Why a try failed, as a number the shared counters can hold (appliance/observe/stats.py):
+# an errno (> 0), or one of these.
+WHY_NO_VALID_ANSWER, WHY_TIMEOUT, WHY_CLOSED, WHY_OTHER = -1, -2, -3, -4
+
+
+def failure_code(exc: BaseException | None) -> int:
+    if exc is None:
+        return WHY_NO_VALID_ANSWER
     if isinstance(exc, TimeoutError):
-        return f"no answer within {timeout:g} s"
+        return WHY_TIMEOUT
     if isinstance(exc, asyncio.IncompleteReadError):
+        return WHY_CLOSED
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return WHY_OTHER
+
+
+def failure_text(exc: BaseException | None, timeout: float, code: int | None = None) -> str:
+    """Why a try at an upstream failed, in words: ``connection refused``, ``no answer within
+    1.5 s`` (from the exception, or from its :func:`failure_code`)."""
+    code = failure_code(exc) if code is None else code
+    if code == WHY_TIMEOUT:
+        return f"no answer within {timeout:g} s"
+    if code == WHY_CLOSED:
         return "the connection closed mid-answer"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror[:1].lower() + exc.strerror[1:]
-    return str(exc) or type(exc).__name__
+    if code == WHY_NO_VALID_ANSWER:
+        return f"no valid answer within {timeout:g} s"
+    if code > 0:
+        text = os.strerror(code)
+        return text[:1].lower() + text[1:]
+    return (str(exc) or type(exc).__name__) if exc is not None else "failed"
+
+
+def health_rows(addresses: Sequence[UpstreamAddress], health: dict[int, tuple[int, int, int]],
+                timeout: float) -> list[dict]:
+    """Upstream status records (as :meth:`Upstream.status`) from the shared counters'
+    :meth:`~appliance.observe.stats.SharedStats.upstream_health`, for a supervisor whose
+    workers hold the upstreams: up unless the latest try failed."""
+    out = []
+    for i, a in enumerate(addresses):
+        ok, fail, why = health.get(i, (0, 0, 0))
+        down = fail > ok
+        out.append({"address": upstream_text(a), "index": i, "up": not down,
+                    "last_error": failure_text(None, timeout, why) if down else None})
+    return out
 
 
 def upstream_text(u: UpstreamAddress | tuple) -> str:
@@ -171,12 +208,12 @@ class UpstreamSet:
         for u in self._order():
             u.queries += 1
             t0 = self.clock()
-            why = f"no valid answer within {self.timeout:g} s"
+            failure: BaseException | None = None
             try:
                 resp = await (self._udp(u, fwd) if u.tls_name is None else self._dot(u, fwd))
             except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 resp = None  # ssl.SSLError (a certificate that does not verify) is an OSError
-                why = failure_text(exc, self.timeout)
+                failure = exc
             if resp is not None:
                 dt = self.clock() - t0
                 u.answered(dt)
@@ -184,7 +221,8 @@ class UpstreamSet:
                     self.slot.upstream_result(u.index, dt)
                 return resp
             if self.slot is not None:
-                self.slot.upstream_result(u.index, None)
+                self.slot.upstream_result(u.index, None, failure_code(failure))
+            why = failure_text(failure, self.timeout)
             was_up = u.down_until <= self.clock()
             u.failed(self.clock(), why)
             if was_up and u.down_until > self.clock():
@@ -199,15 +237,21 @@ class UpstreamSet:
         one that does. (upstream address, None or why it failed) in configured order."""
         async def one(u: Upstream) -> tuple[str, str | None]:
             t0 = self.clock()
-            why = f"no valid answer within {self.timeout:g} s"
+            failure: BaseException | None = None
+            u.queries += 1
             try:
                 probe = _RootProbe()
                 resp = await (self._udp(u, probe) if u.tls_name is None else self._dot(u, probe))
             except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                resp, why = None, failure_text(exc, self.timeout)
+                resp, failure = None, exc
             if resp is not None:
                 u.answered(self.clock() - t0)
+                if self.slot is not None:
+                    self.slot.upstream_result(u.index, self.clock() - t0)
                 return upstream_text(u.key), None
+            if self.slot is not None:
+                self.slot.upstream_result(u.index, None, failure_code(failure))
+            why = failure_text(failure, self.timeout)
             u.fails = max(u.fails, FAILS_BEFORE_DOWN - 1)
             u.failed(self.clock(), why)
             return upstream_text(u.key), why

@@ -41,6 +41,7 @@ from appliance.config.load import ConfigErrors
 from appliance.dns.fastpath import warm_up
 from appliance.dns.server import open_sockets
 from appliance.dns.service import Assembly, Service
+from appliance.dns.upstream import health_rows
 from appliance.memory import release_file_pages
 from appliance.observe.querylog import RETENTION_PERIOD, ClientPrivacy, enforce_retention
 from appliance.observe.stats import SharedStats, slots_for
@@ -155,8 +156,9 @@ class Supervisor:
         cfg = self.built.cfg
         if final or now >= self._next_report:
             self._next_report = now + COUNTERS_PERIOD
+            ups = health_rows(cfg.dns.upstreams, self.stats.upstream_health(), cfg.dns.upstream_timeout)
             write_counters(cfg.state_dir, self.stats, self.built.bundle.catalog.names, self._since,
-                           {"workers": self.n})
+                           {"workers": self.n, "upstreams": ups})
         if now >= self._next_retention:
             self._next_retention = now + RETENTION_PERIOD
             enforce_retention(cfg.state_dir, cfg.log.retention_days, now)

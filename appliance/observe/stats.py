@@ -75,7 +75,11 @@ FAST_WIDTH = 128
 MAX_UPSTREAMS = 8
 LATENCY_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, float("inf"))
 UP_QUERIES, UP_ERRORS, UP_SUM_US, UP_HIST = 0, 1, 2, 3
-UP_WIDTH = 16
+# After the histogram: when it last answered / last failed (ms since the epoch) and why it
+# last failed (appliance/dns/upstream.py failure_code), so that a supervisor can say which
+# upstreams its workers find down (upstream_health).
+UP_LAST_OK_MS, UP_LAST_FAIL_MS, UP_LAST_WHY = 15, 16, 17
+UP_WIDTH = 18
 # A day of minutes; a bucket is (epoch minute, queries, blocked).
 HISTORY_MINUTES = 1440
 # The last block events of each writer: 256 × 384 B ≈ 96 KiB a slot; the web page shows 50.
@@ -175,13 +179,19 @@ class StatsSlot:
             self.categories[low.bit_length() - 1] += 1
             mask ^= low
 
-    def upstream_result(self, index: int, seconds: float | None) -> None:
-        """One query to upstream ``index`` (configured order): its latency, or None on failure."""
+    def upstream_result(self, index: int, seconds: float | None, why: int = 0,
+                        now: float | None = None) -> None:
+        """One query to upstream ``index`` (configured order): its latency, or None on
+        failure (``why``: a failure code, appliance/dns/upstream.py)."""
         row = self.upstreams[min(max(index, 0), MAX_UPSTREAMS - 1)]
         row[UP_QUERIES] += 1
+        stamp = int((time.time() if now is None else now) * 1000)
         if seconds is None:
             row[UP_ERRORS] += 1
+            row[UP_LAST_FAIL_MS] = stamp
+            row[UP_LAST_WHY] = why
             return
+        row[UP_LAST_OK_MS] = stamp
         ms = seconds * 1000.0
         row[UP_SUM_US] += int(seconds * 1e6)
         for b, bound in enumerate(LATENCY_BOUNDS_MS):
@@ -324,6 +334,22 @@ class SharedStats:
         for f in _MAX_FIELDS:
             total[_IDX[f]] = rows[:, _IDX[f]].max()
         return total
+
+    def upstream_health(self) -> dict[int, tuple[int, int, int]]:
+        """Per upstream index ever tried: (last answered, last failed (ms since the epoch,
+        0: never), the failure code of the latest failure) over every slot."""
+        out: dict[int, tuple[int, int, int]] = {}
+        for i in range(self.n):
+            up = self.slot(i).upstreams
+            for k in range(MAX_UPSTREAMS):
+                r = up[k]
+                if not r[UP_QUERIES]:
+                    continue
+                ok, fail, why = out.get(k, (0, 0, 0))
+                if r[UP_LAST_FAIL_MS] > fail:
+                    fail, why = int(r[UP_LAST_FAIL_MS]), int(r[UP_LAST_WHY])
+                out[k] = (max(ok, int(r[UP_LAST_OK_MS])), fail, why)
+        return out
 
     def totals(self, category_names: Callable[[int], list[str]]) -> dict:
         """Sums over every slot."""

@@ -75,6 +75,29 @@ def test_upstream_latency_histogram() -> None:
     assert lat["1"]["histogram_ms"]["inf"] == 1
 
 
+def test_upstream_health_over_slots_says_which_upstreams_are_down() -> None:
+    """What a supervisor reports of upstreams its workers hold: the latest try decides."""
+    import errno
+
+    from appliance.config.values import UpstreamAddress
+    from appliance.dns.upstream import WHY_TIMEOUT, health_rows
+
+    stats = SharedStats.create(3)
+    a, b = stats.slot(0), stats.slot(1)
+    a.upstream_result(0, 0.002, now=100.0)
+    b.upstream_result(0, None, WHY_TIMEOUT, now=90.0)  # an older failure: up
+    b.upstream_result(1, 0.002, now=100.0)
+    a.upstream_result(1, None, errno.ECONNREFUSED, now=110.0)  # the latest try failed: down
+    b.upstream_result(2, None, WHY_TIMEOUT, now=120.0)
+    health = stats.upstream_health()
+    assert health[1] == (100_000, 110_000, errno.ECONNREFUSED)
+    addrs = [UpstreamAddress("127.0.0.1", p) for p in (53, 54, 55, 56)]
+    rows = health_rows(addrs, health, 1.5)
+    assert [(r["address"], r["up"], r["last_error"]) for r in rows] == [
+        ("127.0.0.1:53", True, None), ("127.0.0.1:54", False, "connection refused"),
+        ("127.0.0.1:55", False, "no answer within 1.5 s"), ("127.0.0.1:56", True, None)]
+
+
 def test_history_minutes_and_recycled_buckets() -> None:
     stats = SharedStats.create(3)
     a, b = stats.slot(0), stats.slot(1)
