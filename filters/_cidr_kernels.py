@@ -41,8 +41,8 @@ socket reports v4 peers that way, and an admin who lists 1.2.3.0/24 means those 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from filters._jit import njit
 from filters.classes import ALLOW_BELOW
 
 _U = np.uint64

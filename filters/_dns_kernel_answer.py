@@ -7,10 +7,10 @@ the Python pipeline (tested in tests/unit/test_dns_fast.py). Private.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from filters._dns_kernel_cache import EF_STORED, EI_AN, EI_AR, EI_BLEN, EI_FLAGS, EI_NS, render_body
 from filters._dns_kernel_parse import HEADER, MAX_UDP_PAYLOAD, OPT_LEN, RCODE_FORMERR, TYPE_OPT
+from filters._jit import njit
 
 __all__ = ["T_QTYPE", "T_RCODE", "T_AN", "T_NS", "T_AR", "T_OFF", "T_LEN", "T_WIDTH", "T_DEFAULT",
            "T_NEGATIVE", "T_ANY", "T_TYPED", "T_ROWS", "B_OFF", "B_LEN", "B_RCODE"]

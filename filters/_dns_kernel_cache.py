@@ -3,15 +3,15 @@ the batch kernel reads hits straight from them). Private.
 
 Entries live in a ring in insertion order; their bytes (key, records, TTL fields, CNAME
 targets) in an arena written as a ring; an open-addressing index keyed by a keyed SipHash
-of the lower-cased QNAME + QTYPE + QCLASS + DO finds them.
+of the lower-cased QNAME + QTYPE + QCLASS + the DO/CD flags byte finds them.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from filters._dns_kernel_hash import _slot_delete, key_hash
+from filters._jit import njit
 
 __all__ = ["cache_find", "cache_unlink", "cache_put", "cache_lookup_key", "render_body", "TTL_FIELD",
            "CS_WIDTH", "EI_WIDTH", "EF_WIDTH"]
@@ -88,7 +88,7 @@ def _cache_pop(cache):
 
 @njit(cache=True)
 def cache_put(cache, key, body, ttl_offsets, ttls, cnames, meta, stored, expires, stale):
-    """Store an entry: ``key`` (lower-case QNAME wire, QTYPE, QCLASS, DO byte), ``body`` (the
+    """Store an entry: ``key`` (lower-case QNAME wire, QTYPE, QCLASS, DO/CD byte), ``body`` (the
     records after the question), TTL fields (offsets in the body, original TTLs), the CNAME
     targets (each a length byte then the wire name), and ``meta`` (flags, an, ns, ar,
     body offset, ttl). Replaces an entry with the same key. Returns False when the record is

@@ -10,9 +10,9 @@ a long-running table never degrades).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from filters import _domain_kernels as D
+from filters._jit import njit
 
 __all__ = ["key_hash", "words_hash"]
 
@@ -34,7 +34,7 @@ def _absorb(c, v0, v1, v2, v3, m, length):
 @njit(cache=True)
 def key_hash(k0, k1, src, qs, qlen, tsrc, ts, dobyte):
     """Hash of a cache key: the QNAME at src[qs:qs+qlen] lower-cased, the 4 bytes of QTYPE
-    and QCLASS at tsrc[ts:ts+4], and the DO byte."""
+    and QCLASS at tsrc[ts:ts+4], and the flags byte (1 DO, 2 CD: appliance.dns.pipeline.key_flags)."""
     v0, v1, v2, v3 = D._init(k0, k1)
     m = _U(0)
     length = 0

@@ -8,9 +8,9 @@ length or a count checked first (see filters/_dns_kernels.py).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from filters._dns_kernel_ratelimit import addr_words
+from filters._jit import njit
 
 __all__ = ["parse_question", "policy_for", "P_OK", "P_PYTHON", "P_FORMERR", "P_DROP", "HEADER", "ADDR_WIDTH"]
 

@@ -6,9 +6,9 @@ table, clients in insertion order). The arrays are owned by appliance/dns/rateli
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from filters._dns_kernel_hash import _slot_delete, words_hash
+from filters._jit import njit
 
 __all__ = ["LS_ENABLED", "LS_CAP", "LS_TAIL", "LS_COUNT", "LS_SMASK", "LS_WIDTH", "LF_RATE", "LF_BURST",
            "addr_words", "lim_allow", "lim_allow_client"]

@@ -12,15 +12,17 @@ re-exports what the rest of the code imports as ``_dns_kernels.X``:
 - ``_dns_kernel_parse.py``: the query parsed in place, the client's policy;
 - ``_dns_kernel_answer.py``: answers from templates and from the cache.
 
-numba's on-disk cache (``cache=True``) checks the source file of the function it loads,
-not the files of the functions it calls: after editing one of these modules, touch this
-one (and the others) or clear ``__pycache__``, so that no caller keeps an old copy.
+numba's on-disk cache (``cache=True``) checks the source file of the function it loads
+(numba 0.68: a hash of its contents, so touching a file changes nothing), not the files of
+the functions it calls: after editing one of these modules, clear the callers' entries —
+``filters/__pycache__/_dns_kernels.*`` and ``appliance/dns/__pycache__/fastpath._serve-*``
+(whose cached code holds process_batch) — so that no caller keeps an old copy.
 
 One call handles a whole batch of datagrams (what one recvmmsg returned): for each, the
 per-client rate limit, the header and question parsed in place, the client's policy from a
 small CIDR table, the matcher kernels (filters/_domain_kernels.py) on the QNAME, and the
 answer written into an output slot — from answer templates (blocked names, encrypted-DNS
-bypass names, ANY, BADVERS, FORMERR) or from the wire cache (TTLs counted down while
+bypass names, ANY without DO, BADVERS, FORMERR) or from the wire cache (TTLs counted down while
 copying). What it cannot answer by itself — a cache miss that must go upstream, and every
 unusual packet (several questions, another opcode or class, a compressed or odd QNAME,
 records in a query's answer or authority section) — is marked ``ACT_PYTHON`` and handed
@@ -37,7 +39,6 @@ the ``now`` argument (the pipeline's clock, monotonic seconds).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from filters import _domain_kernels as D
 from filters._dns_kernel_answer import (
@@ -130,6 +131,7 @@ from filters._dns_kernel_ratelimit import (
     lim_allow,
     lim_allow_client,
 )
+from filters._jit import njit
 
 __all__ = [  # the batch, and what other modules import from here
     "process_batch", "new_scratch", "ACT_SEND", "ACT_DROP", "ACT_PYTHON", "COUNTER_NAMES", "N_COUNTERS",
@@ -326,13 +328,14 @@ def process_batch(count, rx, rxlen, addrs, tx, txlen, txsrc, act, blocked_mask, 
             size = _block_answer(buf, qend, out, tt, tb, pol, qtype, edns, do)
             _count_blocked(counters, row[D.R_UNION])
             blocked_mask[i] = row[D.R_UNION] & cats
-        elif qtype == TYPE_ANY:
+        elif qtype == TYPE_ANY and not do:  # RFC 8482; with DO=1 forwarded (Pipeline._fast)
             size = _template(buf, qend, out, tt, tb, pol, T_ANY, edns, do, -1)
         else:
             if cst[CS_CAP] <= 0:
                 continue
             end = qend - 4
-            dobyte = 1 if do else 0
+            # The key's flags byte, as appliance.dns.pipeline.key_flags builds it: 1 DO, 2 CD.
+            dobyte = (1 if do else 0) | (2 if buf[3] & 0x10 else 0)
             h = key_hash(ckey[0], ckey[1], buf, HEADER, end - HEADER, buf, end, dobyte)
             e = cache_find(cache, h, buf, HEADER, end - HEADER, buf, end, dobyte)
             if e < 0 or now >= ef[e, EF_EXPIRES]:

@@ -20,7 +20,8 @@ need no copy before the lookup.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from filters._jit import njit
 
 _U = np.uint64
 

@@ -33,7 +33,8 @@ unchanged as pure Python under ``NUMBA_DISABLE_JIT=1``, which the tests use for 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from filters._jit import njit
 
 # --------------------------------------------------------------------------- scanning
 

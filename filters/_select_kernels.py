@@ -27,8 +27,8 @@ every test capture with and without this kernel.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from filters._jit import njit
 from filters.dns_wire import HEADER_LEN, MAX_LABEL, MAX_NAME_WIRE
 from filters.extract_http import MAX_HEAD, METHODS
 from filters.extract_tls import MAX_FIRST_FLIGHT

@@ -137,3 +137,107 @@ def wait_answer(port: int, name: str, timeout: float, proc: Proc | None = None) 
             time.sleep(0.05)
     raise RuntimeError(f"nothing answered on 127.0.0.1:{port} within {timeout} s"
                        + (f":\n{proc.text()[-3000:]}" if proc else ""))
+
+
+# -- DNSSEC peers: a signed zone served by NSD, unbound as a validating resolver ---------------
+
+def sign_zone(d: Path, zone: str, records: str, tamper: tuple[str, str] | None = None) -> str:
+    """Write ``zone``'s records (zone-file lines after the SOA and NS, which are added) to
+    ``d``, sign it with one ECDSA P-256 key (dnssec-keygen, dnssec-signzone; NSEC), and return
+    the trust anchor: the key's DNSKEY record as text. ``tamper``: (old, new) replaced in the
+    signed file afterwards, so the records it touches no longer match their signatures."""
+    need_tools("dnssec-keygen", "dnssec-signzone")
+    src = d / f"{zone}.zone"
+    src.write_text(f"$TTL 300\n{zone}. IN SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 300\n"
+                   f"{zone}. IN NS ns.{zone}.\nns.{zone}. IN A 127.0.0.1\n{records}")
+    made = subprocess.run(["dnssec-keygen", "-q", "-K", str(d), "-a", "ECDSAP256SHA256", "-f", "KSK", zone],
+                          capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    anchor = next(line for line in (d / f"{made}.key").read_text().splitlines() if not line.startswith(";"))
+    with open(src, "a") as f:
+        f.write(anchor + "\n")
+    subprocess.run(["dnssec-signzone", "-q", "-K", str(d), "-d", str(d), "-z", "-N", "keep", "-o", zone, "-f",
+                    str(d / f"{zone}.signed"), str(src)], capture_output=True, text=True, timeout=60, check=True)
+    if tamper is not None:
+        signed = d / f"{zone}.signed"
+        text = signed.read_text()
+        assert tamper[0] in text, f"{tamper[0]!r} is not in the signed {zone}"
+        signed.write_text(text.replace(tamper[0], tamper[1]))
+    return anchor
+
+
+def wait_port(port: int, proc: Proc, what: str) -> None:
+    """Poll until ``port`` on 127.0.0.1 accepts TCP (the server is listening)."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        if proc.p.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.p.returncode}:\n{proc.text()[-3000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port}:\n{proc.text()[-3000:]}")
+
+
+def start_nsd(d: Path, port: int, zones: list[str]) -> Proc:
+    """NSD serving ``zones`` (``<zone>.signed`` files in ``d``, from sign_zone) on 127.0.0.1:port."""
+    need_tools("nsd", "nsd-checkconf")
+    conf = d / "nsd.conf"
+    conf.write_text(f"""\
+server:
+  ip-address: 127.0.0.1@{port}
+  port: {port}
+  do-ip6: no
+  username: ""
+  chroot: ""
+  zonesdir: "{d}"
+  pidfile: ""
+  xfrdfile: "{d}/xfrd.state"
+  zonelistfile: "{d}/zone.list"
+  database: ""
+  logfile: "{d}/nsd.log"
+  server-count: 1
+  verbosity: 1
+remote-control:
+  control-enable: no
+""" + "".join(f"zone:\n  name: {z}\n  zonefile: {z}.signed\n" for z in zones))
+    chk = subprocess.run(["nsd-checkconf", str(conf)], capture_output=True, text=True, timeout=30)
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+    p = Proc(["nsd", "-d", "-c", str(conf)], d / "nsd.out")
+    wait_port(port, p, "nsd")
+    return p
+
+
+def start_unbound(d: Path, port: int, name: str, server: str, zones: str = "") -> Proc:
+    """unbound on 127.0.0.1:port (loopback only, no root hints used: ``zones`` must send every
+    name to a local server), with ``server`` lines added to its server: clause. ``test.`` is
+    resolved like any other name (not unbound's default local zone, RFC 6761)."""
+    need_tools("unbound", "unbound-checkconf")
+    conf = d / f"{name}.conf"
+    conf.write_text(f"""\
+server:
+  interface: 127.0.0.1@{port}
+  port: {port}
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "{d}"
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  verbosity: 1
+  do-ip6: no
+  do-not-query-localhost: no
+  access-control: 127.0.0.0/8 allow
+  qname-minimisation: no
+  trust-anchor-signaling: no
+  root-key-sentinel: no
+  local-zone: "test." nodefault
+{server}remote-control:
+  control-enable: no
+{zones}""")
+    chk = subprocess.run(["unbound-checkconf", str(conf)], capture_output=True, text=True, timeout=30)
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+    p = Proc(["unbound", "-d", "-c", str(conf)], d / f"{name}.out")
+    wait_port(port, p, name)
+    return p

@@ -52,7 +52,7 @@ DEFAULT_CACHE_MAX_TTL, DEFAULT_STALE_TTL = 86400, 86400
 DEFAULT_UPSTREAM_TIMEOUT = 1.5
 # RFC 7766 §6.2.3: idle TCP connections are closed after a few seconds; 10 s as unbound's
 # default. Past the connection cap new connections are closed at once.
-DEFAULT_TCP_IDLE, DEFAULT_TCP_MAX = 10.0, 256
+DEFAULT_TCP_IDLE, DEFAULT_TCP_MAX, DEFAULT_TCP_PER_CLIENT = 10.0, 256, 16
 # Per client: a busy laptop makes tens of queries a second at page load; 200/s with a burst
 # of 400 never touches a real client and caps one spoofed source's share of the CPU.
 DEFAULT_RATE, DEFAULT_BURST = 200.0, 400.0
@@ -74,6 +74,7 @@ class DnsConfig:
     rate_burst: float = DEFAULT_BURST
     tcp_idle_timeout: float = DEFAULT_TCP_IDLE
     tcp_max_connections: int = DEFAULT_TCP_MAX
+    tcp_per_client: int = DEFAULT_TCP_PER_CLIENT  # per client address (IPv6: per /64)
     workers: int = 1
     # UDP queries answered in batches by jitted code (appliance/dns/fastpath.py); false: the
     # plain Python loop (same answers, ~2.5x the CPU per query).
@@ -95,8 +96,8 @@ def parse_dns(doc: ConfigDoc, d: dict, errors: list[ConfigError], warnings: list
     """The ``dns:`` section (defaults for what is missing); ``warnings`` gets what works but
     will not do what the admin probably wants (no upstream found)."""
     s = d.get("dns") or {}
-    got: dict = {k: s[k] for k in ("block_mode", "block_ttl", "cache_size", "tcp_max_connections", "workers",
-                                   "fast_path") if k in s}
+    got: dict = {k: s[k] for k in ("block_mode", "block_ttl", "cache_size", "tcp_max_connections", "tcp_per_client",
+                                   "workers", "fast_path") if k in s}
     if "listen" in s:
         got["listen"] = _listen(doc, s["listen"], errors)
     resolv = (Path(doc.file).resolve().parent / s["resolv_conf"] if "resolv_conf" in s

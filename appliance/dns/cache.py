@@ -1,7 +1,9 @@
 """The wire cache: upstream answers kept as bytes, served with their TTLs counted down.
 
-Keys are the lower-cased QNAME wire + QTYPE + QCLASS + the DO bit (RFC 4343 makes names
-case-insensitive; DNSSEC-OK clients get the signatures, others do not, so they differ).
+Keys are the lower-cased QNAME wire + QTYPE + QCLASS + a byte for the DO and CD bits
+(appliance.dns.pipeline.key_flags; RFC 4343 makes names case-insensitive; DNSSEC-OK clients
+get the signatures, others do not; an answer fetched with CD=1 may hold data a validating
+upstream would have refused, so it must never be served to a CD=0 client).
 Entries stay past their TTL for ``stale_ttl`` so that they can be served stale when every
 upstream fails (RFC 8767 §4), and are evicted least-recently-used beyond ``max_entries``.
 Time is a parameter: the caller passes ``now`` (monotonic seconds).

@@ -32,7 +32,7 @@ from typing import Protocol, cast
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -40,6 +40,7 @@ from appliance.dns.cache import ArrayCache
 from appliance.dns.pipeline import Forward, Pipeline
 from appliance.dns.ratelimit import ArrayRateLimiter, disabled_limiter
 from filters import _dns_kernels as K
+from filters._jit import njit
 from filters.dns_fast import DEFAULT_BATCH, Batch, FastTables, new_counters
 from filters.dns_response import Normalised
 from filters.domain_matcher import DomainMatcher

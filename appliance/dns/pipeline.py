@@ -58,9 +58,25 @@ from filters.errors import PacketError, RuntPacketError
 from filters.policy import PolicyRule, PolicySet, bypass_action
 from filters.safesearch import rewrite_answer
 
-__all__ = ["Forward", "Counters", "Pipeline"]
+__all__ = ["Forward", "Counters", "Pipeline", "key_flags", "ZONE_TRANSFERS"]
 
 log = logging.getLogger("schoolgate.dns")
+# Zone transfers (IXFR, RFC 1995; AXFR, RFC 5936) are for a zone's secondaries, not for a
+# forwarder's clients: REFUSED here, at once. Forwarded, an IXFR (rewritten without its SOA)
+# would draw an upstream's FORMERR, and so let any client make upstreams look broken.
+TYPE_IXFR, TYPE_AXFR = 251, 252
+ZONE_TRANSFERS = (TYPE_IXFR, TYPE_AXFR)
+_DO_KEY, _CD_KEY = 0x01, 0x02
+
+
+def key_flags(buf: bytes, q: Query) -> bytes:
+    """The cache key's last byte: 1 for DO (a DNSSEC client gets the RRSIGs, RFC 3225), 2 for
+    CD (RFC 4035 §3.2.2: with CD=1 a validating upstream passes on data it would reject, so
+    such an answer must never reach a CD=0 client). The fast path's kernel builds the same
+    byte (filters/_dns_kernels.py, process_batch)."""
+    return bytes(((_DO_KEY if q.do else 0) | (_CD_KEY if buf[3] & 0x10 else 0),))
+
+
 # Internal errors are logged at most this often (a packet of death repeated at line rate
 # must not fill the disk); the counter still counts every one.
 _ERROR_LOG_INTERVAL = 10.0
@@ -73,7 +89,7 @@ class Forward:
 
     buf: bytes  # the client's query as received
     query: Query
-    key: bytes  # cache key: lower-case QNAME wire + QTYPE + QCLASS + DO
+    key: bytes  # cache key: lower-case QNAME wire + QTYPE + QCLASS + key_flags (DO, CD)
     rule: PolicyRule
     limit: int  # largest answer the client takes (UDP payload size, or 65535 over TCP)
     client: str | None = None  # the client address (query log, block events)
@@ -283,12 +299,16 @@ class Pipeline:
             if self.qlog is not None:
                 self.qlog.blocked(qname, q.qtype, client, mask, rule.name, self.matcher.catalog.names)
             return rule.answers.answer(buf, q)
+        if q.qtype in ZONE_TRANSFERS:
+            return error_response(buf, RCODE_REFUSED, q)  # RFC 5936 §4.2, RFC 1995: not a zone server
         if rule.safesearch and qname in rule.safesearch:
             return self._safesearch(buf, q, qname, rule, client, udp)
-        if q.qtype == TYPE_ANY:
-            return minimal_any(buf, q, rule.answers.ttl)  # RFC 8482
+        if q.qtype == TYPE_ANY and not q.do:
+            # RFC 8482 for ANY; a DNSSEC client (DO=1) could not validate a synthesised record
+            # ("insecurity proof failed"), so its ANY is forwarded: one real RRset and its RRSIGs.
+            return minimal_any(buf, q, rule.answers.ttl)
         limit = (min(q.udp_size, MAX_UDP_PAYLOAD) if q.edns else MIN_UDP_PAYLOAD) if udp else MAX_MESSAGE
-        key = qname + buf[end:end + 4] + (b"\x01" if q.do else b"\x00")
+        key = qname + buf[end:end + 4] + key_flags(buf, q)
         now = self.clock()
         entry = self.cache.get(key, now)
         if entry is not None:
@@ -310,7 +330,7 @@ class Pipeline:
         limit = (min(q.udp_size, MAX_UDP_PAYLOAD) if q.edns else MIN_UDP_PAYLOAD) if udp else MAX_MESSAGE
         if q.qtype == TYPE_ANY:
             return rewrite_answer(buf, q, target, None, b"", limit)  # the CNAME alone (RFC 8482)
-        key = target + buf[q.qname_end:q.qname_end + 4] + (b"\x01" if q.do else b"\x00")
+        key = target + buf[q.qname_end:q.qname_end + 4] + key_flags(buf, q)
         now = self.clock()
         entry = self.cache.get(key, now)
         if entry is not None:
@@ -363,8 +383,12 @@ class Pipeline:
             except PacketError:
                 c.upstream_errors += 1
                 norm = None
-        if norm is None or norm.rcode not in (RCODE_NOERROR, RCODE_NXDOMAIN):
-            # RFC 8767 §4: serve stale when upstreams fail or answer SERVFAIL/REFUSED.
+        if norm is None or norm.rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
+            # RFC 8767 §4: serve stale when upstreams fail or answer SERVFAIL/REFUSED. Else
+            # an upstream's own verdict on this query (FORMERR, NOTIMP, SERVFAIL: perhaps on
+            # one a client crafted) is passed on as it is; its REFUSED becomes our SERVFAIL
+            # (as unbound does): the client was not refused by us, its resolver's upstream
+            # would not serve the name.
             stale = self.cache.get_stale(fwd.key, now)
             if stale is not None:
                 c.stale_answers += 1

@@ -10,17 +10,23 @@ cost more than the answer itself. See docs/dns.md, "Measured" for the figures.
 
 TCP (RFC 7766): 2-byte length framing; queries on one connection are read and answered as
 they come (pipelining) — forwarded ones complete out of order, which §6.2.1.1 allows; a
-connection idle for ``idle_timeout`` is closed (§6.2.3), and beyond ``max_connections``
-new connections are closed at once. Every loop is bounded in count and time.
+connection idle for ``idle_timeout`` is closed (§6.2.3). Connections are shared fairly
+(§6.2.3 lets a server close idle ones to make room): one client (an address, a /64 for
+IPv6: :func:`tcp_client_key`) holds at most ``per_client`` — a new one past that closes
+that client's idlest — and at ``max_connections`` a new connection closes the idlest of
+all, so a client holding idle connections cannot shut the others out. Only a connection
+with nothing waiting upstream is closed so; when every one is busy the new one is closed
+at once. Every loop is bounded in count and time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import cast
 
@@ -34,7 +40,7 @@ from appliance.observe.holders import listen_error
 from filters.dns_answer import error_response
 from filters.dns_response import RCODE_SERVFAIL
 
-__all__ = ["DnsServer", "open_sockets", "UDP_BATCH", "MAX_PENDING_FORWARDS"]
+__all__ = ["DnsServer", "open_sockets", "tcp_client_key", "UDP_BATCH", "MAX_PENDING_FORWARDS"]
 
 log = logging.getLogger("schoolgate.dns")
 
@@ -52,6 +58,33 @@ MAX_TCP_QUERIES = 10_000
 _WARM_POLL = 0.2
 # Answers buffered for a slow TCP reader before we wait for it to drain.
 _TCP_HIGH_WATER = 64 * 1024
+
+
+def tcp_client_key(address: str) -> str:
+    """Whose connection this is, for the per-client TCP cap: the IPv4 address (IPv4-mapped
+    IPv6 too), or the /64 of an IPv6 address (one host picks addresses in its /64 at will,
+    RFC 4941); scope suffixes (``%eth0``) ignored. Anything else: the text itself."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
+class _TcpConnection:
+    """One TCP client connection, as the fairness rules see it."""
+
+    __slots__ = ("writer", "client", "last", "pending")
+
+    def __init__(self, writer: asyncio.StreamWriter, client: str, now: float) -> None:
+        self.writer = writer
+        self.client = client
+        self.last = now  # when a query was last read or an answer written
+        self.pending: set[asyncio.Task] = set()  # its forwarded queries still upstream
 
 
 def open_sockets(listen: tuple[tuple[str, int], ...],
@@ -89,7 +122,7 @@ class DnsServer:
     """Serves ``pipeline`` (replaceable at any time: reloads swap it) on bound sockets."""
 
     def __init__(self, pipeline: Pipeline, upstreams: UpstreamSet, *, idle_timeout: float = 10.0,
-                 max_connections: int = 256, fast_path: bool = False) -> None:
+                 max_connections: int = 256, per_client: int = 16, fast_path: bool = False) -> None:
         self.pipeline = pipeline
         # UDP through the batched jitted path (appliance/dns/fastpath.py) when the pipeline
         # allows it; the plain loop below otherwise.
@@ -101,8 +134,11 @@ class DnsServer:
         self.upstreams = upstreams
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.per_client = per_client
         self.tcp_connections = 0
-        self.tcp_refused = 0
+        self.tcp_refused = 0  # new connections closed at once (every open one busy)
+        self.tcp_evicted = 0  # idle connections closed to make room for a new one
+        self._tcp: dict[str, dict[_TcpConnection, None]] = {}  # client key -> its connections
         self.send_errors = 0
         self._tasks: set[asyncio.Task] = set()
         self._inflight: dict[bytes, asyncio.Future] = {}
@@ -247,18 +283,55 @@ class DnsServer:
             fut.set_result(response)
 
     # -- TCP ---------------------------------------------------------------------------------
+    def _idlest(self, conns: Iterable[_TcpConnection]) -> _TcpConnection | None:
+        """The connection idle longest among ``conns`` with nothing waiting upstream."""
+        idle = [c for c in conns if not c.pending and not c.writer.is_closing()]
+        return min(idle, key=lambda c: c.last) if idle else None
+
+    def _admit(self, conn: _TcpConnection) -> bool:
+        """Make room for ``conn`` (RFC 7766 §6.2.3): past its client's cap, close that client's
+        idlest connection; at the global cap, the idlest of all. False: no room (every
+        candidate busy), ``conn`` is to be closed."""
+        mine = self._tcp.get(conn.client, {})
+        victim = None
+        if len(mine) >= self.per_client:
+            victim = self._idlest(mine)
+            if victim is None:
+                return False
+        elif self.tcp_connections >= self.max_connections:
+            victim = self._idlest(c for conns in self._tcp.values() for c in conns)
+            if victim is None:
+                return False
+        if victim is not None:
+            self.tcp_evicted += 1
+            self._forget(victim)
+            victim.writer.close()  # its handler sees EOF and ends
+        self._tcp.setdefault(conn.client, {})[conn] = None
+        self.tcp_connections += 1
+        return True
+
+    def _forget(self, conn: _TcpConnection) -> None:
+        mine = self._tcp.get(conn.client)
+        if mine is not None and conn in mine:
+            del mine[conn]
+            self.tcp_connections -= 1
+            if not mine:
+                del self._tcp[conn.client]
+
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.tcp_connections >= self.max_connections:
+        loop = asyncio.get_running_loop()
+        peer = (writer.get_extra_info("peername") or ("",))[0]
+        conn = _TcpConnection(writer, tcp_client_key(peer), loop.time())
+        if not self._admit(conn):
             self.tcp_refused += 1
             writer.close()
             return
-        self.tcp_connections += 1
-        peer = (writer.get_extra_info("peername") or ("",))[0]
         closed = False
-        mine: set[asyncio.Task] = set()  # this connection's forwarded queries
+        mine = conn.pending  # this connection's forwarded queries
 
         def send(answer: bytes) -> None:
             if not closed and not writer.is_closing():
+                conn.last = loop.time()
                 writer.write(len(answer).to_bytes(2, "big") + answer)
 
         try:
@@ -266,6 +339,7 @@ class DnsServer:
                 head = await asyncio.wait_for(reader.readexactly(2), self.idle_timeout)
                 size = int.from_bytes(head, "big")
                 data = await asyncio.wait_for(reader.readexactly(size), self.idle_timeout)
+                conn.last = loop.time()
                 res = self.pipeline.handle(data, peer, False)
                 if res is None:
                     break  # a runt on TCP: the framing is not DNS; close (RFC 7766 §6.2.4)
@@ -285,7 +359,7 @@ class DnsServer:
             # timeouts), then close.
             await self._drain_pending(writer, mine)
             closed = True
-            self.tcp_connections -= 1
+            self._forget(conn)
             writer.close()
 
     async def _drain_pending(self, writer: asyncio.StreamWriter, mine: set[asyncio.Task]) -> None:

@@ -152,7 +152,8 @@ class Service:
         upstreams.slot = self.obs.counters.slot if self.obs.counters is not None else None
         self.built = built
         self.server = DnsServer(self._pipeline(built, cache), upstreams, idle_timeout=d.tcp_idle_timeout,
-                                max_connections=d.tcp_max_connections, fast_path=d.fast_path)
+                                max_connections=d.tcp_max_connections, per_client=d.tcp_per_client,
+                                fast_path=d.fast_path)
         await self.server.start(sockets)
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -324,6 +325,7 @@ class Service:
         self.server.upstreams.update(d.upstreams, d.upstream_timeout, tls_ca=d.tls_ca)
         self.obs.reconfigure(built.cfg, built.bundle.catalog.names)
         self.server.idle_timeout, self.server.max_connections = d.tcp_idle_timeout, d.tcp_max_connections
+        self.server.per_client = d.tcp_per_client
         self.built = built
         self._refused = None
 

@@ -8,8 +8,12 @@ from other addresses; replies that do not match our ID and question are ignored 
 §9.1) until the deadline.
 
 Health: an upstream that fails twice in a row is marked down for a back-off that doubles up
-to a minute; queries try healthy upstreams first, in configured order, at most MAX_TRIES
-of them, so a query waits at most MAX_TRIES × timeout. When all are down one is still
+to a minute. Only a failure of the upstream counts: any answer is an answer, whatever its
+rcode (an upstream's FORMERR, NOTIMP or REFUSED, even without a question section, is passed
+on to the client), and a try that gets no answer while the upstream answered other queries
+is the question's slowness, not the upstream's — so no query a client chooses can put an
+upstream into back-off. Queries try healthy upstreams first, in configured order, at most
+MAX_TRIES of them, so a query waits at most MAX_TRIES × timeout. When all are down one is still
 tried (that is how recovery is noticed), but only one. Plain and DoT upstreams are one list:
 a DoT upstream that fails is skipped like a plain one, in configured order.
 
@@ -124,6 +128,7 @@ class Upstream:
     queries: int = 0
     errors: int = 0
     last_error: str | None = None  # why the last failed try failed, in words (None: it answered)
+    last_answer: float = -1.0  # clock of its last answer to a forwarded query (resolve)
     dot: DotConnection | None = field(default=None, repr=False)
 
     @property
@@ -215,13 +220,21 @@ class UpstreamSet:
                 resp = None  # ssl.SSLError (a certificate that does not verify) is an OSError
                 failure = exc
             if resp is not None:
+                # Any answer is one, whatever its rcode: an upstream's FORMERR, NOTIMP or
+                # REFUSED is its verdict on a query a client chose, passed on to the client.
                 dt = self.clock() - t0
                 u.answered(dt)
+                u.last_answer = self.clock()
                 if self.slot is not None:
                     self.slot.upstream_result(u.index, dt)
                 return resp
             if self.slot is not None:
                 self.slot.upstream_result(u.index, None, failure_code(failure))
+            if (failure is None or isinstance(failure, TimeoutError)) and u.last_answer > t0:
+                # No answer to this question, but it answered others meanwhile: the question
+                # is slow (say a name whose servers a client picked for not answering), not
+                # the upstream; the next upstream gets its try, this one's health is kept.
+                continue
             why = failure_text(failure, self.timeout)
             was_up = u.down_until <= self.clock()
             u.failed(self.clock(), why)

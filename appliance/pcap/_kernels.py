@@ -12,9 +12,9 @@ count in ``tfrac`` and the interface in ``iface``), ``link`` the link type.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from appliance.pcap.reader import MAX_BLOCK, MAX_INTERFACES, MAX_SNAPLEN
+from filters._jit import njit
 
 __all__ = ["ST_MORE", "ST_END", "ST_TRUNCATED", "ST_CORRUPT", "frame_pcap", "frame_pcapng",
            "new_pcapng_state", "interface"]

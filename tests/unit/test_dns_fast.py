@@ -266,9 +266,20 @@ def test_every_kind_of_answer_is_byte_identical(matcher) -> None:
 
 def test_cache_hit_details(matcher) -> None:
     twin = Twin(matcher)
-    q1 = _wire_query("www.example.org", 1, 1, 4096, True, 0, 0x01, 0)  # DNSSEC OK: its own cache key
+    # DNSSEC OK and checking disabled (CD, flags 0x1000): a cache key of its own.
+    q1 = _wire_query("www.example.org", 1, 1, 4096, True, 0, 0x1001, 0)
     twin.check([q1], ["127.0.0.1"], upstream_answer)  # forwarded, cached
     twin.clock.t += 10.5
+    # An answer fetched with CD=1 never reaches a CD=0 client (nor one without DO): a miss,
+    # for the kernel as for the pipeline; forwarded with CD=0.
+    for flags, do in ((0x01, True), (0x01, False), (0x1001, False)):
+        miss = _wire_query("www.example.org", 1, 8, 4096, True, 0, flags, 0)
+        if not do:
+            miss = _wire_query("www.example.org", 1, 8, 4096, False, 0, flags, 0)
+        assert twin.batch.run_packets([miss], ["127.0.0.1"], twin.tables, twin.fast.cache.arrays, _disabled(),
+                                      twin.fast.counters.fast, twin.clock())[0] == ACT_PYTHON
+        fwd = twin.fast.handle(miss, "127.0.0.1", True, rate_checked=True)
+        assert isinstance(fwd, Forward) and fwd.upstream_query(9)[3] & 0x10 == flags >> 8 & 0x10
     hit = twin.batch.run_packets([_wire_query("WWW.example.ORG", 1, 2, 1232, True, 0, 0x1001, 0)], ["::1"],
                                  twin.tables, twin.fast.cache.arrays, _disabled(), twin.fast.counters.fast,
                                  twin.clock())[0]

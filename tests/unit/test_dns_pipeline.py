@@ -197,3 +197,74 @@ def test_query_log_all_mode_through_the_pipeline(matcher, tmp_path) -> None:
         ("www.example.org", "allow", "stale"), ("nothing.example.org", "allow", "servfail")]
     assert {g["client"] for g in got} == {"127.0.0.9"} and got[0]["categories"] == ["gambling"]
     assert stats.top_blocked() == [("innocent.example.org", 1), ("www.casino.test", 1)]
+
+
+def _cd(buf: bytes) -> bytes:
+    """The query with CD (checking disabled, RFC 4035 §3.2.2) set."""
+    return buf[:3] + bytes((buf[3] | 0x10,)) + buf[4:]
+
+
+def test_any_with_do_is_forwarded_any_without_do_minimal(matcher) -> None:
+    p = _pipeline(matcher)
+    plain = DNSRecord.parse(p.handle(query("www.example.org", 255), "127.0.0.1"))
+    assert [rr.rtype for rr in plain.rr] == [QTYPE.HINFO]  # RFC 8482
+    fwd = p.handle(query("www.example.org", 255, edns=True, do=True), "127.0.0.1")
+    assert isinstance(fwd, Forward)  # a validator could not accept a synthesised HINFO
+    assert DNSRecord.parse(fwd.upstream_query(1)).q.qtype == 255
+
+
+@pytest.mark.parametrize("array", [False, True], ids=["WireCache", "ArrayCache"])
+def test_cd_answers_never_reach_cd0_clients(matcher, array: bool) -> None:
+    from appliance.dns.cache import ArrayCache
+
+    p = _pipeline(matcher)
+    if array:
+        p.cache = ArrayCache(100, 3600, seed=1)
+    for do in (False, True):
+        fwd = p.handle(_cd(query("bogus.example.org", edns=do, do=do)), "127.0.0.1")
+        assert isinstance(fwd, Forward) and fwd.upstream_query(1)[3] & 0x10  # CD passed upstream
+        up = _upstream_answer(fwd, [RR("bogus.example.org", QTYPE.A, rdata=A("192.0.2.99"), ttl=300)])
+        assert str(DNSRecord.parse(p.finish(fwd, up)).rr[0].rdata) == "192.0.2.99"
+        hit = p.handle(_cd(query("bogus.example.org", edns=do, do=do)), "127.0.0.1")
+        assert isinstance(hit, bytes)  # cached for CD=1 clients ...
+        again = p.handle(query("bogus.example.org", edns=do, do=do), "127.0.0.1")
+        assert isinstance(again, Forward) and not again.upstream_query(1)[3] & 0x10  # ... and for them only
+        # the validating upstream's verdict for CD=0: SERVFAIL, and no stale CD=1 answer instead
+        servfail = DNSRecord.parse(p.finish(again, _upstream_answer(again, [], rcode=2)))
+        assert servfail.header.rcode == 2 and not servfail.rr
+
+
+def test_zone_transfers_notify_and_update_are_answered_here(matcher) -> None:
+    p = _pipeline(matcher)
+    for qtype in (251, 252):  # IXFR, AXFR: REFUSED with the question, never forwarded
+        r = DNSRecord.parse(p.handle(query("example.org", qtype), "127.0.0.1"))
+        assert r.header.rcode == 5 and str(r.q.qname) == "example.org." and r.q.qtype == qtype
+    ixfr = bytearray(query("example.org", 251))  # as sent: the client's SOA in the authority section
+    ixfr[9] = 1
+    ixfr += b"\xc0\x0c\x00\x06\x00\x01\x00\x00\x00\x00\x00\x16\x00\x00" + bytes(20)
+    assert DNSRecord.parse(p.handle(bytes(ixfr), "127.0.0.1")).header.rcode == 5
+    for opcode in (4, 5):  # NOTIFY (RFC 1996), UPDATE (RFC 2136): NOTIMP
+        msg = bytearray(query("example.org", 6))
+        msg[2] = opcode << 3
+        assert DNSRecord.parse(p.handle(bytes(msg), "127.0.0.1")).header.rcode == 4
+    assert p.counters.forwarded == 0
+
+
+def test_upstream_errors_are_passed_on(matcher) -> None:
+    clock = Clock()
+    p = _pipeline(matcher, clock)
+    # FORMERR, NOTIMP with no question section: its verdict, passed on; its REFUSED: our SERVFAIL
+    for rcode, passed in ((1, 1), (4, 4), (5, 2)):
+        fwd = p.handle(query("odd.example.org", 65, qid=3), "127.0.0.1")
+        bare = (777).to_bytes(2, "big") + bytes((0x80, rcode)) + bytes(8)
+        r = DNSRecord.parse(p.finish(fwd, bare))
+        assert r.header.rcode == passed and r.header.id == 3 and str(r.q.qname) == "odd.example.org." and not r.rr
+        r = DNSRecord.parse(p.finish(fwd, _upstream_answer(fwd, [], rcode=rcode)))  # with the question too
+        assert r.header.rcode == passed
+    # REFUSED still gets a stale answer when there is one (RFC 8767)
+    fwd = p.handle(query("www.example.org"), "127.0.0.1")
+    p.finish(fwd, _upstream_answer(fwd, [RR("www.example.org", QTYPE.A, rdata=A("192.0.2.10"), ttl=10)]))
+    clock.t += 20
+    fwd = p.handle(query("www.example.org"), "127.0.0.1")
+    stale = DNSRecord.parse(p.finish(fwd, _upstream_answer(fwd, [], rcode=5)))
+    assert stale.header.rcode == 0 and stale.rr[0].ttl == 30
