@@ -32,7 +32,14 @@ from appliance.config.defaults import DEFAULT_CONFIG, user_state_dir
 from appliance.config.load import Config, ConfigErrors, load_config
 from appliance.flows.capture import CaptureChild
 from appliance.observe.stats import SharedStats
-from appliance.policy.categories import hint, missing_categories, tolerated, warning_text, without_missing
+from appliance.policy.categories import (
+    MissingCategories,
+    hint,
+    missing_categories,
+    tolerated,
+    warning_text,
+    without_missing,
+)
 from appliance.policy.state import PolicyState
 from appliance.updates.scheduler import UpdateScheduler
 from appliance.web.process import start_web
@@ -62,11 +69,13 @@ def policy_errors(cfg: Config, catalog: Catalog) -> list[ConfigError]:
             for p in cfg.policies.values() if p.block_mode == "blockpage" and not cfg.dns.blockpage]
 
 
-def category_check(cfg: Config, catalog: Catalog, how: str) -> tuple[list[ConfigError], list[str]]:
+def category_check(cfg: Config, catalog: Catalog, how: str,
+                   missing: list[MissingCategories] | None = None) -> tuple[list[ConfigError], list[str]]:
     """(errors, warnings) for the categories the policies name and the bundle lacks: warnings
     while the configured repository has still to deliver (or with missing_categories:
-    degrade), errors otherwise (appliance/policy/categories.py)."""
-    missing = missing_categories(cfg, catalog)
+    degrade), errors otherwise (appliance/policy/categories.py). ``missing``: those, when
+    the caller has them already."""
+    missing = missing_categories(cfg, catalog) if missing is None else missing
     if tolerated(cfg, how):
         return [], [warning_text(m, cfg, how) for m in missing]
     return [m.error(catalog, hint(cfg, how)) for m in missing], []
@@ -84,13 +93,13 @@ def build(cfg: Config, bundle_at: FoundBundle | None = None) -> Built:
     else:
         bundle, how = open_bundle(bundle_at.path), bundle_at.how
     matcher = bundle.domain_matcher().with_local(cfg.local_block, cfg.local_allow)
-    errors, _ = category_check(cfg, bundle.catalog, how)
+    missing = missing_categories(cfg, bundle.catalog)
+    errors, warnings = category_check(cfg, bundle.catalog, how, missing)
     errors = policy_errors(cfg, bundle.catalog) + errors
     if errors:
         raise ConfigErrors(errors)
-    missing = missing_categories(cfg, bundle.catalog)
-    for m in missing:
-        log.warning(warning_text(m, cfg, how), extra={"policy": m.policy, "missing": list(m.missing)})
+    for m, text in zip(missing, warnings, strict=True):
+        log.warning(text, extra={"policy": m.policy, "missing": list(m.missing)})
     served = without_missing(cfg, missing) if missing else cfg
     # Policies as in force now (schedules, temporary allows, SafeSearch, DoH): see
     # appliance/policy/state.py; without a default policy every category is blocked.

@@ -41,12 +41,7 @@ _EMPTY_DIR = "no-bundle"
 
 
 def _categories(cfg: Config) -> list[str]:
-    names: list[str] = []
-    for p in cfg.policies.values():
-        for c in list(p.block) + [c for e in p.schedule for c in e.block]:
-            if c not in names:
-                names.append(c)
-    return names
+    return list(dict.fromkeys(c for p in cfg.policies.values() for c in p.categories))
 
 
 def empty_bundle(cfg: Config, now: datetime | None = None) -> Bundle:

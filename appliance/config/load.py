@@ -62,6 +62,11 @@ class Policy:
     schedule: tuple[ScheduleEntry, ...] = ()  # extra categories by weekday and time (filters/schedule.py)
     where: Where | None = field(default=None, compare=False)  # for errors found later (unknown category)
 
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """Every category it names, its own and its schedules', once each, in order."""
+        return tuple(dict.fromkeys((*self.block, *(c for e in self.schedule for c in e.block))))
+
 
 @dataclass(frozen=True)
 class UpdatesConfig:

@@ -52,8 +52,7 @@ def missing_categories(cfg: Config, catalog: Catalog) -> list[MissingCategories]
     known = set(catalog.categories) | {LOCAL_CATEGORY}
     out = []
     for p in cfg.policies.values():
-        named = list(p.block) + [c for e in p.schedule for c in e.block]
-        missing = tuple(dict.fromkeys(c for c in named if c not in known))
+        missing = tuple(c for c in p.categories if c not in known)
         if missing:
             out.append(MissingCategories(p.name, missing, p.where))
     return out
